@@ -1,0 +1,77 @@
+# Two entry points for a fresh Debian/Ubuntu machine with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LLAMA_VERSION := 0.3.36
+LLAMA_CHECK := import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == "$(LLAMA_VERSION)" and llama_cpp.llama_supports_rpc() else 1)
+LLAMA_CMAKE := -DGGML_RPC=on
+
+.PHONY: demo test check lint format install install-test system-test-deps clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/quorum demo
+
+test: $(VENV)/.installed-test system-test-deps
+	$(VENV)/bin/ruff check quorum_tui tests
+	$(VENV)/bin/ruff format --check quorum_tui tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check quorum_tui tests
+	$(VENV)/bin/ruff format --check quorum_tui tests
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff format quorum_tui tests
+	$(VENV)/bin/ruff check --fix quorum_tui tests
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# pip caches the wheel it built keyed by the sdist, not by CMAKE_ARGS: a cached build without RPC
+# would be reused silently, so check the result and rebuild without the cache when RPC is missing.
+$(VENV)/.llama-rpc: | $(PY)
+	@if $(PY) -c '$(LLAMA_CHECK)' 2>/dev/null; then \
+	  echo "llama-cpp-python $(LLAMA_VERSION) with RPC is already installed"; \
+	else \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC (about 10 minutes on 2 cores)..."; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) install --quiet "llama-cpp-python[server]==$(LLAMA_VERSION)" || exit 1; \
+	  if ! $(PY) -c '$(LLAMA_CHECK)'; then \
+	    echo "The installed build has no RPC (a cached wheel?): rebuilding without pip's cache..."; \
+	    CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps \
+	      "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
+	    $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC support"; exit 1; }; \
+	  fi; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.llama-rpc
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.llama-rpc
+	$(PIP) install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+# The tests start real OpenSSH servers and drive the app inside tmux.
+system-test-deps:
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages the tests need:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarks behind `quorum bench`: each measures its alternatives side by side in one run."""

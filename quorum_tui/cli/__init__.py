@@ -1,0 +1,39 @@
+"""The `quorum` command: every action of the app, headless."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from quorum_tui import __version__
+from quorum_tui.errors import QuorumError
+
+COMMAND_GROUPS = ("engine_cmds", "demo_cmds", "bench_cmds")
+"""Modules under quorum_tui.cli, each with `register(subparsers)`."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quorum",
+        description="Run one large language model across several machines (llama.cpp RPC).",
+    )
+    parser.add_argument("--version", action="version", version=f"quorum {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_GROUPS:
+        importlib.import_module(f"quorum_tui.cli.{name}").register(sub)
+    parser.set_defaults(func=lambda args: parser.print_help())
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except QuorumError as exc:
+        print(f"quorum: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("quorum: interrupted", file=sys.stderr)
+        return 130

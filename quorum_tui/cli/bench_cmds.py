@@ -1,0 +1,23 @@
+"""`quorum bench ...`: one subcommand per benchmark module under quorum_tui.bench."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+BENCHES: tuple[str, ...] = ()
+"""Modules under quorum_tui.bench, each with `register(bench_subparsers)`."""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks, each measured side by side in one run")
+    bench_sub = p.add_subparsers(dest="bench", metavar="BENCH")
+    for name in BENCHES:
+        importlib.import_module(f"quorum_tui.bench.{name}").register(bench_sub)
+    p.set_defaults(func=lambda args: _help(p, args))
+
+
+def _help(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    p.print_help()
+    return 2

@@ -1,0 +1,385 @@
+"""Engine commands: worker, probe, inspect, plan, serve, run, synth, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from quorum_tui.engine.endpoint import parse_endpoint
+from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
+from quorum_tui.engine.plan import LayerPlan, WorkerRef, parse_split
+from quorum_tui.engine.probe import ProbeResult, probe_all
+from quorum_tui.errors import QuorumError
+from quorum_tui.units import human_bytes
+
+Subparsers = Any
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("worker", help="run a llama.cpp RPC worker in the foreground")
+    p.add_argument("--host", default="127.0.0.1", help="numeric IPv4 address to bind")
+    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, help="tensor cache directory")
+    cache.add_argument("--no-cache", action="store_true", help="turn the tensor cache off")
+    p.add_argument("--log", type=Path, help="file for llama.cpp's own output")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("probe", help="ask workers for protocol version and memory")
+    p.add_argument("endpoints", nargs="+", metavar="HOST:PORT")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("inspect", help="show what planning needs to know about a model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plan", help="show a layer plan, its memory and llama.cpp parameters")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("serve", help="serve the sharded model over an OpenAI-compatible API")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("run", help="generate from a prompt through the workers")
+    add_model_args(p)
+    add_generation_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("synth", help="write a deterministic synthetic llama model (random weights)")
+    p.add_argument("output", type=Path)
+    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--embd", type=int, default=64)
+    p.add_argument("--ff", type=int, default=0)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--ctx", type=int, default=2048)
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .gguf path or synthetic:layers=N,...")
+    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--split", help="layers per stage, coordinator first: C,W1,...,Wn")
+    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--n-predict", type=int, default=64)
+    p.add_argument("--temp", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", type=Path, help="write a JSON report of the run here")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from quorum_tui.engine.worker import WorkerOptions, default_cache_dir, run_worker
+
+    cache = None if args.no_cache else (args.cache or default_cache_dir())
+    run_worker(WorkerOptions(args.host, args.port, args.threads, cache, args.log))
+    return 1
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    for endpoint in args.endpoints:
+        parse_endpoint(endpoint)
+    results = asyncio.run(probe_all(args.endpoints, args.timeout))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for r in results:
+            print(format_probe(r))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def format_probe(r: ProbeResult) -> str:
+    if not r.ok:
+        return f"{r.endpoint}  {r.status}: {r.reason}"
+    devices = ", ".join(
+        f"dev{i} {human_bytes(d.free)} free of {human_bytes(d.total)}"
+        for i, d in enumerate(r.devices)
+    )
+    rtt = f", {r.rtt_ms:.1f} ms" if r.rtt_ms is not None else ""
+    return (
+        f"{r.endpoint}  ok: protocol {r.version_text}, {len(r.devices)} device(s): {devices}{rtt}"
+    )
+
+
+def resolve(model: str) -> Path:
+    from quorum_tui.models.resolve import resolve_model
+
+    return resolve_model(model)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect_model(resolve(args.model))
+    if args.json:
+        print(json.dumps(info.to_json(), indent=2))
+        return 0
+    per_layer = sorted(set(info.layer_bytes))
+    layer_text = (
+        human_bytes(per_layer[0])
+        if len(per_layer) == 1
+        else f"{human_bytes(min(per_layer))}-{human_bytes(max(per_layer))}"
+    )
+    rows = [
+        ("model", info.name),
+        ("file", f"{info.path} ({human_bytes(info.file_bytes)})"),
+        ("architecture", info.architecture),
+        ("layers", str(info.n_layers)),
+        ("embedding width", str(info.n_embd)),
+        ("heads", f"{info.n_head} ({info.n_head_kv} KV)"),
+        ("vocabulary", str(info.n_vocab)),
+        ("context length", str(info.n_ctx_train)),
+        ("weights type", info.quant),
+        ("bytes per layer", layer_text),
+        ("embeddings", human_bytes(info.embedding_bytes)),
+        ("output", human_bytes(info.output_bytes) + (" (tied)" if info.tied_output else "")),
+        ("KV cache", f"{info.kv_bytes_per_token_per_layer} bytes per token per layer (f16)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def workers_from_args(args: argparse.Namespace) -> list[WorkerRef]:
+    refs = []
+    for index, endpoint in enumerate(args.worker, start=1):
+        parse_endpoint(endpoint, numeric=False)
+        refs.append(WorkerRef(f"w{index}", endpoint))
+    return refs
+
+
+def plan_from_args(info: ModelInfo, workers: list[WorkerRef], split: str | None) -> LayerPlan:
+    if split is None:
+        return LayerPlan.even(info.n_layers, workers)
+    return LayerPlan.from_counts(info.n_layers, parse_split(split), workers)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, ModelInfo, LayerPlan]:
+    path = resolve(args.model)
+    info = inspect_model(path)
+    workers = workers_from_args(args)
+    plan = plan_from_args(info, workers, args.split)
+    return path, info, plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from quorum_tui.engine.memory import stage_memory
+
+    _, info, plan = prepare(args)
+    results = asyncio.run(probe_all([w.endpoint for w in plan.workers]))
+    refuse = [
+        f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
+        for w, r in zip(plan.workers, results, strict=True)
+        if r.status == "incompatible"
+    ]
+    if refuse:
+        raise QuorumError("; ".join(refuse))
+    memory = stage_memory(info, plan, args.ctx)
+    free: list[int | None] = [_local_free(), *(r.free if r.ok else None for r in results)]
+    params = plan.to_llama_params()
+    rows: list[dict[str, Any]] = []
+    for index, (stage, mem, avail) in enumerate(zip(plan.stages, memory, free, strict=True)):
+        rows.append(
+            {
+                "name": stage.name,
+                "endpoint": stage.endpoint,
+                "layers": [stage.first, stage.last] if stage.count else None,
+                "output": index == plan.output_stage,
+                "memory": mem.to_json(),
+                "free": avail,
+                "fits": None if avail is None else mem.total <= avail,
+                "status": "ok" if index == 0 else results[index - 1].status,
+                "reason": None if index == 0 else results[index - 1].reason,
+            }
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {"model": info.path, "ctx": args.ctx, "stages": rows, "llama": asdict(params)},
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{info.name}: {info.n_layers} layers, context {args.ctx}")
+    for row in rows:
+        layers = "-" if row["layers"] is None else "{}-{}".format(*row["layers"])
+        out = " +output" if row["output"] else ""
+        need = human_bytes(row["memory"]["total"])
+        have = "?" if row["free"] is None else human_bytes(row["free"])
+        verdict = {True: "fits", False: "DOES NOT FIT", None: row["reason"] or "unknown"}[
+            row["fits"]
+        ]
+        where = row["endpoint"] or "local"
+        print(f"  {row['name']:<12} {where:<22} layers {layers:<8}{out:<8} needs {need:>10}, "
+              f"free {have:>10}: {verdict}")  # fmt: skip
+    split = ", ".join(f"{x:g}" for x in params.tensor_split)
+    print(f"llama.cpp: n_gpu_layers={params.n_gpu_layers} tensor_split=[{split}] split_mode=layer")
+    print(f"device order: {', '.join(params.devices) or '(none)'}")
+    return 0
+
+
+def _local_free() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def make_job(args: argparse.Namespace, path: Path, plan: LayerPlan, mode: str) -> Any:
+    from quorum_tui.engine.coordinator import Job
+
+    job = Job(
+        model=str(path),
+        workers=list(plan.workers),
+        counts=list(plan.counts),
+        mode=mode,
+        ctx=args.ctx,
+    )
+    if mode == "run":
+        job.prompt = args.prompt
+        job.n_predict = args.n_predict
+        job.temp = args.temp
+        job.seed = args.seed
+    else:
+        job.host = args.host
+        job.port = args.port
+    return job
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path, _, plan = prepare(args)
+    job = make_job(args, path, plan, "run")
+    return asyncio.run(run_job(job, plan, args.report))
+
+
+async def run_job(job: Any, plan: LayerPlan, report: Path | None, out: Any = None) -> int:
+    from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
+
+    stream = out or sys.stdout
+    results = await preflight(plan.workers)
+    job.device_counts = [len(r.devices) for r in results] or None
+    proc = CoordinatorProcess(job)
+    await proc.start()
+    loaded: dict[str, Any] = {}
+    done: dict[str, Any] = {}
+    try:
+        async for event in proc.events():
+            kind = event["event"]
+            if kind == "token":
+                stream.write(event["text"])
+                stream.flush()
+            elif kind == "loaded":
+                loaded = event
+            elif kind == "done":
+                done = event
+    except asyncio.CancelledError:
+        await proc.stop()
+        raise
+    finally:
+        if proc.running:
+            await proc.stop()
+    stream.write("\n")
+    stream.flush()
+    if proc.returncode != 0 or not done:
+        raise QuorumError(await proc.failure_reason())
+    realized = loaded["realized"]
+    summary = build_report(plan, realized, loaded, done)
+    print(
+        f"realized split: {plan.summary()} | {done['completion_tokens']} tokens, "
+        f"{done['tokens_per_s']:.1f} tokens/s, load {loaded['load_s']:.2f}s",
+        file=sys.stderr,
+    )
+    if report:
+        report.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def build_report(
+    plan: LayerPlan, realized: list[int], loaded: dict[str, Any], done: dict[str, Any]
+) -> dict[str, Any]:
+    """The `--report` JSON, with each stage's layers read from the realized assignment."""
+    stages = []
+    *layers, output = realized
+    for index, stage in enumerate(plan.stages):
+        mine = [il for il, s in enumerate(layers) if s == index]
+        stages.append(
+            {
+                "name": stage.name,
+                "endpoint": stage.endpoint,
+                "layers": [mine[0], mine[-1]] if mine else None,
+            }
+        )
+    return {
+        "stages": stages,
+        "output_stage": output,
+        "prompt_tokens": done["prompt_tokens"],
+        "completion_tokens": done["completion_tokens"],
+        "tokens_per_s": done["tokens_per_s"],
+        "ttft_s": done["ttft_s"],
+        "load_s": loaded["load_s"],
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path, _, plan = prepare(args)
+    job = make_job(args, path, plan, "serve")
+    return asyncio.run(serve_job(job, plan))
+
+
+async def serve_job(job: Any, plan: LayerPlan) -> int:
+    from quorum_tui.engine.coordinator import QUORUM_ROUTE
+    from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
+
+    results = await preflight(plan.workers)
+    job.device_counts = [len(r.devices) for r in results] or None
+    proc = CoordinatorProcess(job)
+    await proc.start()
+    print(f"loading {job.model} with plan: {plan.summary()}", file=sys.stderr)
+    try:
+        async for event in proc.events():
+            if event["event"] == "loaded":
+                print(f"loaded in {event['load_s']:.2f}s; llama.cpp realized the plan exactly",
+                      file=sys.stderr)  # fmt: skip
+            elif event["event"] == "ready":
+                base = event["url"].removesuffix("/v1")
+                print(f"serving OpenAI-compatible API at {event['url']}", flush=True)
+                print(f"realized assignment: {base}{QUORUM_ROUTE}", flush=True)
+    finally:
+        await proc.stop()
+    raise QuorumError(await proc.failure_reason())
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from quorum_tui.engine.synthetic import SyntheticSpec, write_synthetic
+
+    spec = SyntheticSpec(
+        n_layers=args.layers,
+        n_embd=args.embd,
+        n_ff=args.ff,
+        n_head=args.heads,
+        n_head_kv=args.kv_heads,
+        n_vocab=args.vocab,
+        n_ctx=args.ctx,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    path = write_synthetic(args.output, spec)
+    print(f"wrote {path} ({human_bytes(path.stat().st_size)}): {spec.resolved().slug()}")
+    return 0

@@ -1,0 +1,171 @@
+"""Read what planning needs from a GGUF file: shape, bytes per layer, KV-cache cost."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quorum_tui.errors import QuorumError
+
+GGUF_MAGIC = b"GGUF"
+KV_BYTES_PER_ELEMENT = 2
+"""llama.cpp's default KV cache type is f16."""
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The facts about a model that plans and memory estimates are made of."""
+
+    path: str
+    name: str
+    architecture: str
+    n_layers: int
+    n_embd: int
+    n_vocab: int
+    n_ctx_train: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    file_bytes: int
+    quant: str
+    layer_bytes: tuple[int, ...]
+    embedding_bytes: int
+    output_bytes: int
+    kv_bytes_per_token_per_layer: int
+    tied_output: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.embedding_bytes + self.output_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layer_bytes"] = list(self.layer_bytes)
+        data["weight_bytes"] = self.weight_bytes
+        return data
+
+
+def inspect_model(path: str | Path) -> ModelInfo:
+    """Read a local GGUF file; any problem becomes a one-line QuorumError."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise QuorumError(f"model file {p} does not exist: check the path, or pull it first")
+    if p.is_dir():
+        raise QuorumError(f"{p} is a directory, not a GGUF model file")
+    size = p.stat().st_size
+    with p.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise QuorumError(f"{p} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(p)
+        fields = {name: _field_value(f) for name, f in reader.fields.items()}
+        tensors = [
+            (t.name, int(t.n_bytes), int(t.data_offset), t.tensor_type.name) for t in reader.tensors
+        ]
+    except QuorumError:
+        raise
+    except Exception as exc:
+        raise QuorumError(f"{p} is a corrupt or truncated GGUF file ({_reason(exc)})") from None
+    return describe(str(p), size, fields, tensors)
+
+
+def describe(
+    path: str,
+    file_bytes: int,
+    fields: dict[str, Any],
+    tensors: list[tuple[str, int, int, str]],
+) -> ModelInfo:
+    """Build ModelInfo from header fields and (name, bytes, offset, type) tensor rows."""
+    arch = fields.get("general.architecture")
+    if not isinstance(arch, str):
+        raise QuorumError(f"{path} has no general.architecture key: not a model GGUF file")
+
+    def key(name: str, default: int | None = None) -> int:
+        value = fields.get(f"{arch}.{name}", default)
+        if isinstance(value, list):
+            value = max(value) if value else default
+        if value is None:
+            raise QuorumError(f"{path} lacks the {arch}.{name} key that planning needs")
+        return int(value)
+
+    n_layers = key("block_count")
+    n_embd = key("embedding_length")
+    n_head = key("attention.head_count", 1) or 1
+    n_head_kv = key("attention.head_count_kv", n_head) or n_head
+    head_k = key("attention.key_length", n_embd // n_head)
+    head_v = key("attention.value_length", n_embd // n_head)
+    tokens = fields.get("tokenizer.ggml.tokens")
+    n_vocab = len(tokens) if isinstance(tokens, list) else key("vocab_size", 0)
+
+    for name, nbytes, offset, _ in tensors:
+        if offset + nbytes > file_bytes:
+            raise QuorumError(
+                f"{path} is truncated: tensor {name} ends at byte {offset + nbytes} "
+                f"but the file has {file_bytes}; download it again"
+            )
+
+    layer_bytes = [0] * n_layers
+    embedding = output = 0
+    names = set()
+    types: Counter[str] = Counter()
+    for name, nbytes, _, ttype in tensors:
+        names.add(name)
+        match = _BLOCK.match(name)
+        if match:
+            index = int(match.group(1))
+            if index < n_layers:
+                layer_bytes[index] += nbytes
+                types[ttype] += nbytes
+            continue
+        if name.startswith("token_embd"):
+            embedding += nbytes
+        elif name.startswith("output"):
+            output += nbytes
+    tied = "output.weight" not in names
+    if tied:
+        output += next((b for n, b, _, _ in tensors if n == "token_embd.weight"), 0)
+    quant = types.most_common(1)[0][0] if types else "unknown"
+    kv = KV_BYTES_PER_ELEMENT * n_head_kv * (head_k + head_v)
+    return ModelInfo(
+        path=path,
+        name=str(fields.get("general.name") or Path(path).stem),
+        architecture=arch,
+        n_layers=n_layers,
+        n_embd=n_embd,
+        n_vocab=n_vocab,
+        n_ctx_train=key("context_length", 0),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_ff=key("feed_forward_length", 0),
+        file_bytes=file_bytes,
+        quant=quant,
+        layer_bytes=tuple(layer_bytes),
+        embedding_bytes=embedding,
+        output_bytes=output,
+        kv_bytes_per_token_per_layer=kv,
+        tied_output=tied,
+    )
+
+
+def _field_value(f: Any) -> Any:
+    try:
+        value = f.contents()
+    except Exception:
+        return None
+    if isinstance(value, list) and len(value) > 64 and not isinstance(value[0], str):
+        return value[:64]
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text and text[0] else type(exc).__name__

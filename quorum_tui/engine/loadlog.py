@@ -1,0 +1,76 @@
+"""Read llama.cpp's load log: which device each layer really went to."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from quorum_tui.engine.plan import LayerPlan, WorkerRef, plan_from_assignment
+from quorum_tui.errors import QuorumError
+
+_LAYER = re.compile(r"load_tensors: layer\s+(\d+) assigned to device ([^,\s]+)")
+_RPC_DEVICE = re.compile(r"^RPC(\d+)(?:\[.*\])?$")
+
+
+def layer_devices(lines: Iterable[str]) -> dict[int, str]:
+    """`{layer: device name}` from the `assigned to device` lines (the last load wins)."""
+    found: dict[int, str] = {}
+    for line in lines:
+        match = _LAYER.search(line)
+        if match:
+            found[int(match.group(1))] = match.group(2)
+    return found
+
+
+def device_stage(
+    device: str, workers: Sequence[WorkerRef], device_counts: Sequence[int] | None = None
+) -> int:
+    """Stage index of a llama.cpp device name: CPU is the coordinator, RPCn the n-th RPC device.
+
+    RPC devices are numbered in registration order across workers; a worker with several
+    devices (GPUs) takes several numbers.
+    """
+    if device == "CPU":
+        return 0
+    match = _RPC_DEVICE.match(device)
+    if match:
+        index = int(match.group(1))
+        counts = device_counts or [1] * len(workers)
+        for stage, count in enumerate(counts, start=1):
+            if index < count:
+                return stage
+            index -= count
+    raise QuorumError(f"llama.cpp put layers on {device}, which is not in the plan")
+
+
+def realized_assignment(
+    lines: Iterable[str],
+    n_layers: int,
+    workers: Sequence[WorkerRef],
+    device_counts: Sequence[int] | None = None,
+) -> list[int]:
+    """Stage index per layer 0..n_layers (the output layer last), as llama.cpp loaded it."""
+    devices = layer_devices(lines)
+    missing = [il for il in range(n_layers + 1) if il not in devices]
+    if missing:
+        raise QuorumError(
+            f"llama.cpp's load log does not say where layers {missing[:5]} went; "
+            "was it loaded with debug logging?"
+        )
+    return [device_stage(devices[il], workers, device_counts) for il in range(n_layers + 1)]
+
+
+def realized_plan(assignment: Sequence[int], workers: Sequence[WorkerRef]) -> tuple[LayerPlan, int]:
+    return plan_from_assignment(assignment, workers)
+
+
+def differences(plan: LayerPlan, assignment: Sequence[int]) -> list[str]:
+    """Human-readable differences between a plan and a realized assignment."""
+    wanted = plan.assignment()
+    names = [s.name for s in plan.stages]
+    out = []
+    for il, (want, got) in enumerate(zip(wanted, assignment, strict=True)):
+        if want != got:
+            label = "output layer" if il == plan.n_layers else f"layer {il}"
+            out.append(f"{label}: planned on {names[want]}, loaded on {names[got]}")
+    return out

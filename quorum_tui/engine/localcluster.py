@@ -1,0 +1,135 @@
+"""Workers on this machine: `quorum worker` child processes on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.engine.probe import probe
+from quorum_tui.errors import QuorumError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_command(
+    port: int, host: str = "127.0.0.1", threads: int = 0, cache: Path | None = None
+) -> list[str]:
+    cmd = [sys.executable, "-m", "quorum_tui", "worker", "--host", host, "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    cmd += ["--cache", str(cache)] if cache else ["--no-cache"]
+    return cmd
+
+
+@dataclass
+class LocalWorker:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ref(self) -> WorkerRef:
+        return WorkerRef(self.name, self.endpoint)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+
+
+@dataclass
+class LocalCluster:
+    """A few local workers, started together and stopped together."""
+
+    log_dir: Path
+    workers: list[LocalWorker] = field(default_factory=list)
+
+    def start(self, count: int, threads: int = 0, cache: Path | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            self.add(f"w{len(self.workers) + 1}", threads=threads, cache=cache, wait=False)
+            del index
+        for worker in self.workers:
+            wait_ready(worker)
+
+    def add(
+        self,
+        name: str,
+        threads: int = 0,
+        cache: Path | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> LocalWorker:
+        port = free_port()
+        log = self.log_dir / f"{name}-{port}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [*(prefix or []), *worker_command(port, threads=threads, cache=cache)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {}), "QUORUM_CACHE_DIR": str(self.log_dir)},
+                start_new_session=True,
+            )
+        worker = LocalWorker(name, port, process, log)
+        self.workers.append(worker)
+        if wait:
+            wait_ready(worker)
+        return worker
+
+    @property
+    def refs(self) -> list[WorkerRef]:
+        return [w.ref for w in self.workers]
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.kill(signal.SIGTERM)
+        self.workers.clear()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_ready(worker: LocalWorker, timeout: float = 60.0) -> None:
+    """Wait until the worker answers HELLO; fail with its log tail if it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            tail = worker.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise QuorumError(f"worker {worker.name} exited: {' | '.join(tail)}")
+        if probe(worker.endpoint, timeout=1.0).ok:
+            return
+        time.sleep(0.1)
+    raise QuorumError(f"worker {worker.name} did not answer within {timeout:g}s")
+
+
+async def start_local_cluster(log_dir: Path, count: int, threads: int = 0) -> LocalCluster:
+    cluster = LocalCluster(log_dir)
+    await asyncio.to_thread(cluster.start, count, threads)
+    return cluster

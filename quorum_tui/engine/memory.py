@@ -1,0 +1,63 @@
+"""Memory a stage needs: weights + KV cache at the chosen context + a compute allowance."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.plan import LayerPlan
+
+UBATCH = 512
+"""llama.cpp's default micro-batch: the compute buffers are sized for it."""
+ACTIVATION_COPIES = 8
+"""Activations of width n_embd (and n_ff) alive at once in a layer's graph, roughly."""
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    weights: int
+    kv_cache: int
+    compute: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+
+def compute_bytes(info: ModelInfo, holds_output: bool, ctx: int) -> int:
+    """An allowance for llama.cpp's compute buffer on one device."""
+    width = max(info.n_embd, info.n_ff)
+    activations = UBATCH * width * 4 * ACTIVATION_COPIES
+    attention = UBATCH * min(ctx, 4096) * 4 * max(info.n_head, 1) // 8
+    logits = UBATCH * info.n_vocab * 4 if holds_output else 0
+    return activations + attention + logits
+
+
+def stage_memory(info: ModelInfo, plan: LayerPlan, ctx: int) -> list[StageMemory]:
+    """The estimate for every stage of `plan`, coordinator first."""
+    out = []
+    for index, stage in enumerate(plan.stages):
+        weights = sum(info.layer_bytes[i] for i in stage.layers)
+        holds_output = index == plan.output_stage
+        if holds_output:
+            weights += info.output_bytes
+        if index == 0:
+            weights += info.embedding_bytes
+        kv = stage.count * ctx * info.kv_bytes_per_token_per_layer
+        busy = stage.count > 0 or holds_output
+        compute = compute_bytes(info, holds_output, ctx) if busy else 0
+        out.append(StageMemory(weights, kv, compute))
+    return out
+
+
+def whole_model_memory(info: ModelInfo, ctx: int) -> StageMemory:
+    """What running the whole model in one process needs."""
+    return StageMemory(
+        info.weight_bytes,
+        info.n_layers * ctx * info.kv_bytes_per_token_per_layer,
+        compute_bytes(info, True, ctx),
+    )
