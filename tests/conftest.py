@@ -1,0 +1,65 @@
+"""Fixtures every test area shares: isolated Quorum dirs, synthetic models, local workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from quorum_tui.engine.localcluster import LocalCluster
+from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
+
+
+@pytest.fixture(autouse=True)
+def quorum_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Every test gets its own config, data and cache dirs."""
+    dirs = {}
+    for name in ("config", "data", "cache"):
+        path = tmp_path / f"quorum-{name}"
+        path.mkdir()
+        monkeypatch.setenv(f"QUORUM_{name.upper()}_DIR", str(path))
+        dirs[name] = path
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def make_model(model_dir: Path) -> Callable[..., Path]:
+    """`make_model(n_layers=5, n_embd=64, ...)`: a synthetic GGUF, made once per session."""
+
+    def make(**fields: int | str) -> Path:
+        return synthetic_model(SyntheticSpec(**fields), model_dir)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(make_model: Callable[..., Path]) -> Path:
+    """5 layers, width 64: loads in milliseconds."""
+    return make_model(n_layers=5)
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """An empty LocalCluster; `local_cluster.start(n)` adds real workers, stopped afterwards."""
+    cluster = LocalCluster(tmp_path / "workers")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three real workers shared by the tests of one module (they must leave them healthy)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("shared-workers"))
+    cluster.start(3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
