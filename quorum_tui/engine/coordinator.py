@@ -282,4 +282,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stderr.flush()
+    os._exit(code)  # llama.cpp's global teardown can crash after RPC use; nothing is left to free

@@ -45,6 +45,9 @@ def new_log_path(kind: str = "coordinator") -> Path:
 class CoordinatorProcess:
     """One coordinator child: JSON events on its stdout, llama.cpp's log in a file."""
 
+    module = "quorum_tui.engine.coordinator"
+    """The child's `python -m` module; engine.measure runs its own child through this class."""
+
     def __init__(self, job: Job, log_path: Path | None = None) -> None:
         self.job = job
         self.log_path = log_path or new_log_path()
@@ -58,7 +61,7 @@ class CoordinatorProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "quorum_tui.engine.coordinator",
+                self.module,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -1,0 +1,453 @@
+"""Measure what the planner needs: each stage's speed on this model's layers, each link, memory.
+
+- Links, in this process (pure Python over the RPC protocol, like engine.probe): the round
+  trip is the median of DEVICE_COUNT calls on one connection; the bandwidth is timed by
+  sending SET_TENSOR messages of two sizes that the worker reads in full and then rejects
+  (their tensor names no buffer), so the difference in time is the transfer of the extra
+  bytes over the same path the weights and activations take.
+- Stages, in a child process (`python -m quorum_tui.engine.measure`, started like the
+  coordinator): a synthetic model with this model's layer shape (width, feed-forward, heads,
+  weight type) and 1 or 3 layers is loaded with all its layers on one stage, for every
+  stage, and single tokens are decoded through it, interleaved. The slope over the layer
+  count is the time per layer; for a worker, the rise of the intercept over the
+  coordinator's is its per-token overhead (round trip and RPC calls), never below the
+  measured round trip.
+- Memory: the probe's free memory, or a cap given by the user.
+
+A worker serves one client at a time: the link measurements close their connection before the
+child starts, and nothing here runs while a coordinator uses the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quorum_tui import paths
+from quorum_tui.engine.coordinator import Job
+from quorum_tui.engine.endpoint import parse_endpoint
+from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.planner import ClusterProfile, StageProfile
+from quorum_tui.engine.probe import (
+    CMD_DEVICE_COUNT,
+    CMD_HELLO,
+    HELLO_REPLY_BYTES,
+    HELLO_REQUEST_BYTES,
+)
+from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
+from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
+from quorum_tui.errors import QuorumError
+
+CMD_SET_TENSOR = 6
+SET_TENSOR_HEADER = 512
+"""More than an rpc_tensor plus cache flag and offset; all zero, so no buffer is named."""
+SMALL_LAYERS = 1
+LARGE_LAYERS = 3
+PROMPT = "the quorum of workers"
+
+
+# --- links -------------------------------------------------------------------------------
+
+
+def _connect(endpoint: str, timeout: float) -> socket.socket:
+    host, port = parse_endpoint(endpoint)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise QuorumError(f"cannot reach worker {endpoint}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    try:
+        _request(sock, CMD_HELLO, bytes(HELLO_REQUEST_BYTES), HELLO_REPLY_BYTES)
+    except (OSError, QuorumError):
+        sock.close()
+        raise QuorumError(
+            f"worker {endpoint} did not answer HELLO: it is busy with a coordinator or is not "
+            "a Quorum worker; stop what uses it and measure again"
+        ) from None
+    return sock
+
+
+def _request(sock: socket.socket, cmd: int, payload: bytes, reply: int) -> bytes:
+    sock.sendall(struct.pack("<BQ", cmd, len(payload)) + payload)
+    header = _recv(sock, 8)
+    (size,) = struct.unpack("<Q", header)
+    if size != reply:
+        raise QuorumError(f"unexpected reply of {size} bytes")
+    return _recv(sock, size)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise QuorumError("the worker closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def link_rtt(endpoint: str, samples: int = 20, timeout: float = 5.0) -> float:
+    """Median seconds of a DEVICE_COUNT round trip on one connection."""
+    sock = _connect(endpoint, timeout)
+    try:
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            _request(sock, CMD_DEVICE_COUNT, b"", 4)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+    finally:
+        sock.close()
+
+
+def _rejected_send(endpoint: str, size: int, timeout: float) -> float:
+    """Seconds from sending a SET_TENSOR of `size` bytes until the worker closes on it."""
+    sock = _connect(endpoint, timeout)
+    try:
+        payload = bytes(SET_TENSOR_HEADER + size)
+        started = time.perf_counter()
+        sock.sendall(struct.pack("<BQ", CMD_SET_TENSOR, len(payload)) + payload)
+        while sock.recv(65536):
+            pass
+        return time.perf_counter() - started
+    except OSError:
+        return time.perf_counter() - started
+    finally:
+        sock.close()
+
+
+def link_bandwidth(
+    endpoint: str, large: int = 8 << 20, small: int = 64 << 10, repeats: int = 3
+) -> float:
+    """Bytes per second from the extra time a large message takes over a small one."""
+    big = min(_rejected_send(endpoint, large, 30.0) for _ in range(repeats))
+    little = min(_rejected_send(endpoint, small, 30.0) for _ in range(repeats))
+    spent = max(big - little, 1e-6)
+    return (large - small) / spent
+
+
+@dataclass(frozen=True)
+class Link:
+    endpoint: str
+    rtt_s: float
+    bandwidth: float
+
+
+def measure_link(endpoint: str) -> Link:
+    return Link(endpoint, link_rtt(endpoint), link_bandwidth(endpoint))
+
+
+# --- the child -----------------------------------------------------------------------------
+
+
+@dataclass
+class MeasureJob(Job):
+    """Trials to time in one child: each a model and counts (None: llama.cpp's own split)."""
+
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    repeats: int = 1
+    keep_loaded: bool = True
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration to time; counts None asks llama.cpp for its memory-based split."""
+
+    label: str
+    model: str
+    counts: list[int] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "model": self.model, "counts": self.counts}
+
+
+@dataclass
+class TrialResult:
+    trial: Trial
+    per_token_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+    realized: list[int] | None = None
+    mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Median seconds per generated token over the repeats."""
+        return statistics.median(self.per_token_s) if self.per_token_s else float("inf")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1.0 / self.seconds if self.per_token_s else 0.0
+
+    @property
+    def ttft(self) -> float:
+        return statistics.median(self.ttft_s) if self.ttft_s else float("inf")
+
+
+def _child_main() -> int:
+    from quorum_tui.engine import coordinator as co
+
+    co._die_with_parent()
+    events = co._events_channel()
+    try:
+        job = MeasureJob.from_json(sys.stdin.read())
+        assert isinstance(job, MeasureJob)
+        capture = co.LogCapture()
+        _child_run(job, events, capture)
+    except QuorumError as exc:
+        events.emit("error", kind="input", message=str(exc))
+        return co.EXIT_ERROR
+    except Exception as exc:
+        events.emit("error", kind="internal", message=f"{type(exc).__name__}: {exc}")
+        return co.EXIT_ERROR
+    return 0
+
+
+def _child_run(job: MeasureJob, events: Any, capture: Any) -> None:
+    from quorum_tui.engine import ggml
+
+    for worker in job.workers:
+        ggml.add_rpc_server(worker.endpoint)
+    loaded: dict[int, Any] = {}
+    for repeat in range(job.repeats):
+        for index, data in enumerate(job.trials):
+            trial = Trial(**data)
+            llm = loaded.get(index)
+            if llm is None:
+                llm = _load_trial(job, trial, index, events, capture)
+            per_token, ttft = _time_decode(llm, job.n_predict)
+            events.emit("trial", index=index, repeat=repeat, per_token_s=per_token, ttft_s=ttft)
+            if job.keep_loaded:
+                loaded[index] = llm
+            else:
+                llm.close()
+
+
+def _load_trial(job: MeasureJob, trial: Trial, index: int, events: Any, capture: Any) -> Any:
+    import llama_cpp
+
+    from quorum_tui.engine.gguf_info import inspect_model
+    from quorum_tui.engine.loadlog import differences, realized_assignment
+
+    n_layers = inspect_model(trial.model).n_layers
+    before = len(capture.snapshot())
+    if trial.counts is None:
+        n_gpu, split = n_layers + 1, None
+        plan = None
+    else:
+        plan = LayerPlan.from_counts(n_layers, trial.counts, job.workers)
+        params = plan.to_llama_params(job.device_counts)
+        n_gpu, split = params.n_gpu_layers, list(params.tensor_split) or None
+    llm = llama_cpp.Llama(
+        model_path=trial.model,
+        n_gpu_layers=n_gpu,
+        split_mode=1,
+        tensor_split=split,
+        n_ctx=job.ctx,
+        seed=job.seed,
+        flash_attn=True,
+        n_threads=job.threads or None,
+        verbose=True,
+    )
+    lines = capture.snapshot()[before:]
+    realized = realized_assignment(lines, n_layers, job.workers, job.device_counts)
+    wrong = differences(plan, realized) if plan else []
+    events.emit("loaded", index=index, realized=realized, mismatch=wrong)
+    return llm
+
+
+def _time_decode(llm: Any, n_tokens: int) -> tuple[float, float]:
+    """Median seconds per decoded token, and seconds to the first token (the prompt)."""
+    tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(tokens)
+    ttft = time.perf_counter() - started
+    token = tokens[-1]
+    times = []
+    for _ in range(n_tokens):
+        started = time.perf_counter()
+        llm.eval([token])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), ttft
+
+
+class MeasureProcess(CoordinatorProcess):
+    module = "quorum_tui.engine.measure"
+
+
+async def run_trials(
+    workers: Sequence[WorkerRef],
+    trials: Sequence[Trial],
+    tokens: int = 32,
+    repeats: int = 3,
+    keep_loaded: bool = True,
+    ctx: int = 256,
+    threads: int = 0,
+) -> list[TrialResult]:
+    """Time every trial in one child (repeats interleaved); the workers must be idle."""
+    results_probe = await preflight(list(workers))
+    job = MeasureJob(
+        model=trials[0].model if trials else "",
+        workers=list(workers),
+        counts=[],
+        mode="measure",
+        ctx=ctx,
+        n_predict=tokens,
+        threads=threads,
+        device_counts=[len(r.devices) for r in results_probe] or None,
+        trials=[t.to_json() for t in trials],
+        repeats=repeats,
+        keep_loaded=keep_loaded,
+    )
+    results = [TrialResult(t) for t in trials]
+    proc = MeasureProcess(job)
+    await proc.start()
+    try:
+        async for event in proc.events():
+            if event["event"] == "loaded":
+                result = results[event["index"]]
+                result.realized = event["realized"]
+                result.mismatch = event["mismatch"]
+            elif event["event"] == "trial":
+                result = results[event["index"]]
+                result.per_token_s.append(event["per_token_s"])
+                result.ttft_s.append(event["ttft_s"])
+    finally:
+        if proc.running:
+            await proc.stop()
+    if proc.returncode != 0:
+        raise QuorumError(await proc.failure_reason())
+    return results
+
+
+# --- a whole cluster ---------------------------------------------------------------------
+
+
+def shape_spec(info: ModelInfo, n_layers: int) -> SyntheticSpec:
+    """A synthetic model with `info`'s layer shape and `n_layers` layers."""
+    quant = info.quant.upper()
+    dtype = "f32" if quant == "F32" else "f16" if quant in ("F16", "BF16") else "q8_0"
+    n_ff = info.n_ff or 0
+    if dtype == "q8_0" and (info.n_embd % 32 or n_ff % 32):
+        dtype = "f16"
+    return SyntheticSpec(
+        n_layers=n_layers,
+        n_embd=info.n_embd,
+        n_ff=n_ff,
+        n_head=info.n_head,
+        n_head_kv=info.n_head_kv,
+        n_vocab=512,
+        n_ctx=512,
+        dtype=dtype,
+    )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A cluster profile plus what it was computed from."""
+
+    profile: ClusterProfile
+    links: tuple[Link, ...]
+    stage_seconds: dict[str, list[float]]
+    scale: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.to_json(),
+            "links": [
+                {"endpoint": link.endpoint, "rtt_s": link.rtt_s, "bandwidth": link.bandwidth}
+                for link in self.links
+            ],
+            "stage_seconds": self.stage_seconds,
+            "layer_scale": self.scale,
+        }
+
+
+async def measure_cluster(
+    info: ModelInfo,
+    workers: Sequence[WorkerRef],
+    memory_caps: dict[str, int] | None = None,
+    coordinator_memory: int | None = None,
+    tokens: int = 24,
+    repeats: int = 3,
+    threads: int = 0,
+    model_dir: Path | None = None,
+) -> Measurement:
+    """Measure every stage and link; return the planner's profile of the cluster.
+
+    `memory_caps` maps worker endpoints to a memory limit used instead of the free memory
+    the worker reports (a CPU worker reports its host's memory).
+    """
+    caps = memory_caps or {}
+    probes = await preflight(list(workers))
+    links = []
+    for worker in workers:
+        links.append(await asyncio.to_thread(measure_link, worker.endpoint))
+    directory = model_dir or paths.ensure(paths.cache_dir() / "synthetic")
+    small = synthetic_model(shape_spec(info, SMALL_LAYERS), directory)
+    large = synthetic_model(shape_spec(info, LARGE_LAYERS), directory)
+    stages = ["coordinator", *(w.name for w in workers)]
+    trials = []
+    for index, name in enumerate(stages):
+        for path, layers in ((small, SMALL_LAYERS), (large, LARGE_LAYERS)):
+            counts = [0] * len(stages)
+            counts[index] = layers
+            trials.append(Trial(f"{name}:{layers}", str(path), counts))
+    results = await run_trials(workers, trials, tokens, repeats, threads=threads)
+    for r in results:
+        if r.mismatch:
+            raise QuorumError(f"measuring {r.trial.label}: {'; '.join(r.mismatch)}")
+    from quorum_tui.engine.gguf_info import inspect_model
+
+    shape_bytes = inspect_model(large).layer_bytes[0]
+    real_bytes = sum(info.layer_bytes) / max(info.n_layers, 1)
+    scale = real_bytes / shape_bytes if shape_bytes else 1.0
+    fits: list[tuple[float, float]] = []
+    seconds: dict[str, list[float]] = {}
+    for index, name in enumerate(stages):
+        one, three = results[2 * index], results[2 * index + 1]
+        slope = max((three.seconds - one.seconds) / (LARGE_LAYERS - SMALL_LAYERS), 0.0)
+        intercept = max(one.seconds - SMALL_LAYERS * slope, 0.0)
+        fits.append((slope, intercept))
+        seconds[name] = [one.seconds, three.seconds]
+    base = fits[0][1]
+    import psutil
+
+    coordinator = StageProfile(
+        "coordinator",
+        None,
+        layer_s=fits[0][0] * scale,
+        fixed_s=base,
+        free=coordinator_memory
+        if coordinator_memory is not None
+        else int(psutil.virtual_memory().available),
+    )
+    profiles = []
+    for worker, link, probe_result, (slope, intercept) in zip(
+        workers, links, probes, fits[1:], strict=True
+    ):
+        profiles.append(
+            StageProfile(
+                worker.name,
+                worker.endpoint,
+                layer_s=slope * scale,
+                fixed_s=max(intercept - base, link.rtt_s),
+                bandwidth=link.bandwidth,
+                free=caps.get(worker.endpoint, probe_result.free),
+            )
+        )
+    return Measurement(ClusterProfile(coordinator, tuple(profiles)), tuple(links), seconds, scale)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

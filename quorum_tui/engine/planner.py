@@ -1,0 +1,536 @@
+"""The auto-planner: a cost model of one token through the stages, and its exact minimiser.
+
+For one sequence the stages run one after another, so the time per token is the coordinator's
+fixed cost, plus every stage's compute (its layers times its time per layer, and the output
+layer on the last stage), plus for every worker used one round trip and the transfer of the
+activation in and the activation (or, on the last stage, the logits) back. Every stage must
+fit its memory (engine.memory: weights + KV cache at the context + compute allowance).
+
+This module is pure: profiles come from engine.measure (or from tests) and nothing here does
+I/O. The solver is a dynamic programme over workers and layer counts; see `solve`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.memory import StageMemory, compute_bytes, whole_model_memory
+from quorum_tui.engine.plan import MAX_WORKERS, LayerPlan, WorkerRef
+from quorum_tui.errors import QuorumError
+from quorum_tui.units import human_bytes
+
+FLOAT_BYTES = 4
+"""Activations and logits cross the network as f32."""
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class StageProfile:
+    """What the planner knows about one stage: speed, link and memory.
+
+    `layer_s` is seconds per token for one of this model's layers on this stage. `fixed_s` is
+    the cost per token of using the stage at all: for the coordinator its own per-token work
+    (always paid), for a worker the round trip and RPC overhead. `bandwidth` is bytes per
+    second on the link (unused for the coordinator). `free` caps the stage's memory; None is
+    unknown, which the planner treats as unlimited.
+    """
+
+    name: str
+    endpoint: str | None
+    layer_s: float
+    fixed_s: float = 0.0
+    bandwidth: float = INF
+    free: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "layer_s": self.layer_s,
+            "fixed_s": self.fixed_s,
+            "bandwidth": None if math.isinf(self.bandwidth) else self.bandwidth,
+            "free": self.free,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """The coordinator and the workers the planner may use, in the user's order."""
+
+    coordinator: StageProfile
+    workers: tuple[StageProfile, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.workers) > MAX_WORKERS:
+            raise QuorumError(
+                f"{len(self.workers)} workers given but llama.cpp accepts at most "
+                f"{MAX_WORKERS}: drop some workers"
+            )
+        for p in (self.coordinator, *self.workers):
+            if not p.layer_s >= 0 or not p.fixed_s >= 0 or not p.bandwidth > 0:
+                raise QuorumError(
+                    f"the profile of {p.name} has a negative or missing speed: measure it again"
+                )
+
+    @property
+    def stages(self) -> tuple[StageProfile, ...]:
+        return (self.coordinator, *self.workers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "coordinator": self.coordinator.to_json(),
+            "workers": [w.to_json() for w in self.workers],
+        }
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The model-dependent half of the cost: sizes of what moves and what is computed."""
+
+    info: ModelInfo
+    ctx: int
+
+    @property
+    def output_factor(self) -> float:
+        """The output layer's compute in units of an average layer (decode is memory-bound)."""
+        mean = sum(self.info.layer_bytes) / max(len(self.info.layer_bytes), 1)
+        return self.info.output_bytes / mean if mean else 0.0
+
+    def compute_s(self, p: StageProfile, count: int, output: bool) -> float:
+        return p.layer_s * (count + (self.output_factor if output else 0.0))
+
+    def link_s(self, p: StageProfile, output: bool) -> float:
+        back = self.info.n_vocab if output else self.info.n_embd
+        return p.fixed_s + (self.info.n_embd + back) * FLOAT_BYTES / p.bandwidth
+
+    def worker_s(self, p: StageProfile, count: int, output: bool) -> float:
+        """Per-token time of a worker stage; an unused worker costs nothing."""
+        if count == 0:
+            return 0.0
+        return self.compute_s(p, count, output) + self.link_s(p, output)
+
+    @functools.cached_property
+    def prefix(self) -> list[int]:
+        return [0, *itertools.accumulate(self.info.layer_bytes)]
+
+    def memory(self, first: int, count: int, coordinator: bool, output: bool) -> StageMemory:
+        """engine.memory.stage_memory for one stage, without building a plan."""
+        info = self.info
+        weights = self.prefix[first + count] - self.prefix[first]
+        if output:
+            weights += info.output_bytes
+        if coordinator:
+            weights += info.embedding_bytes
+        kv = count * self.ctx * info.kv_bytes_per_token_per_layer
+        busy = count > 0 or output
+        return StageMemory(weights, kv, compute_bytes(info, output, self.ctx) if busy else 0)
+
+    def fits(
+        self, p: StageProfile, first: int, count: int, coordinator: bool, output: bool
+    ) -> bool:
+        if p.free is None:
+            return True
+        return self.memory(first, count, coordinator, output).total <= p.free
+
+    def window(self, count: int, heaviest: bool) -> int:
+        """First layer of the heaviest (or lightest) run of `count` layers."""
+        n = self.info.n_layers
+        starts = range(n - count + 1)
+        pick = max if heaviest else min
+        return pick(starts, key=lambda f: (self.prefix[f + count] - self.prefix[f], -f))
+
+    def worst_fits(self, p: StageProfile, count: int, output: bool) -> bool:
+        """Whether `count` layers fit on a worker wherever they sit."""
+        if output:
+            return self.fits(p, self.info.n_layers - count, count, False, True)
+        return self.fits(p, self.window(count, True), count, False, False)
+
+    def position_matters(self, profile: ClusterProfile) -> bool:
+        """Whether some worker fits some count at one position but not at another."""
+        if len(set(self.info.layer_bytes)) <= 1:
+            return False
+        for p in profile.workers:
+            for c in range(1, self.info.n_layers):
+                heavy = self.fits(p, self.window(c, True), c, False, False)
+                if heavy != self.fits(p, self.window(c, False), c, False, False):
+                    return True
+        return False
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage of an explained plan."""
+
+    name: str
+    endpoint: str | None
+    layers: tuple[int, int] | None
+    output: bool
+    compute_s: float
+    link_s: float
+    memory: StageMemory
+    free: int | None
+
+    @property
+    def time_s(self) -> float:
+        return self.compute_s + self.link_s
+
+    @property
+    def fits(self) -> bool:
+        return self.free is None or self.memory.total <= self.free
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "layers": list(self.layers) if self.layers else None,
+            "output": self.output,
+            "compute_s": self.compute_s,
+            "link_s": self.link_s,
+            "time_s": self.time_s,
+            "memory": self.memory.to_json(),
+            "free": self.free,
+            "fits": self.fits,
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A plan with its predicted speed, per-stage time and memory, and a verdict in words."""
+
+    plan: LayerPlan | None
+    verdict: str
+    """"local" (run on the coordinator alone), "sharded", or "too-big"."""
+    per_token_s: float
+    stages: tuple[StageEstimate, ...]
+    base_s: float
+    messages: tuple[str, ...] = ()
+    local_tps: float | None = None
+    shortfall: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted_tps(self) -> float:
+        return 1.0 / self.per_token_s if self.per_token_s > 0 and self.plan else 0.0
+
+    @property
+    def bottleneck(self) -> str | None:
+        used = [s for s in self.stages if s.layers or s.output]
+        if not used:
+            return None
+        worst = max(used, key=lambda s: s.time_s)
+        return worst.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "counts": list(self.plan.counts) if self.plan else None,
+            "workers": [w.name for w in self.plan.workers] if self.plan else None,
+            "summary": self.plan.summary() if self.plan else None,
+            "predicted_tps": self.predicted_tps,
+            "per_token_s": self.per_token_s,
+            "base_s": self.base_s,
+            "bottleneck": self.bottleneck,
+            "local_tps": self.local_tps,
+            "shortfall": self.shortfall,
+            "stages": [s.to_json() for s in self.stages],
+            "messages": list(self.messages),
+            **self.extra,
+        }
+
+    def lines(self) -> list[str]:
+        """The explanation as text, one line each."""
+        out = list(self.messages)
+        if self.plan is None:
+            return out
+        out.append(f"plan: {self.plan.summary()}")
+        out.append(
+            f"predicted {self.predicted_tps:.1f} tokens/s "
+            f"({self.per_token_s * 1000:.2f} ms per token, of which "
+            f"{self.base_s * 1000:.2f} ms fixed on the coordinator)"
+        )
+        for s in self.stages:
+            if not s.layers and not s.output:
+                continue
+            span = "-" if s.layers is None else f"{s.layers[0]}-{s.layers[1]}"
+            have = "" if s.free is None else f" of {human_bytes(s.free)} free"
+            out.append(
+                f"  {s.name:<12} layers {span:<7}{' +output' if s.output else '':<8} "
+                f"compute {s.compute_s * 1000:7.2f} ms  link {s.link_s * 1000:6.2f} ms  "
+                f"memory {human_bytes(s.memory.total)}{have}"
+            )
+        if self.bottleneck:
+            out.append(f"bottleneck: {self.bottleneck}")
+        return out
+
+
+def explain(info: ModelInfo, ctx: int, profile: ClusterProfile, plan: LayerPlan) -> Explanation:
+    """Predict the time per token and memory of any plan over (some of) the profiled stages."""
+    cost = CostModel(info, ctx)
+    by_endpoint = {w.endpoint: w for w in profile.workers}
+    stages = []
+    total = profile.coordinator.fixed_s
+    for index, stage in enumerate(plan.stages):
+        if index == 0:
+            p = profile.coordinator
+        else:
+            found = by_endpoint.get(stage.endpoint)
+            if found is None:
+                raise QuorumError(f"worker {stage.name} ({stage.endpoint}) was not measured")
+            p = found
+        output = index == plan.output_stage
+        compute = cost.compute_s(p, stage.count, output)
+        link = cost.link_s(p, output) if index and stage.count else 0.0
+        total += compute + link
+        layers = (stage.first, stage.first + stage.count - 1) if stage.count else None
+        memory = cost.memory(stage.first, stage.count, index == 0, output)
+        stages.append(
+            StageEstimate(stage.name, stage.endpoint, layers, output, compute, link, memory, p.free)
+        )
+    verdict = "local" if plan.output_stage == 0 else "sharded"
+    return Explanation(plan, verdict, total, tuple(stages), profile.coordinator.fixed_s)
+
+
+def solve(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Explanation:
+    """The plan with the least predicted time per token that fits everywhere.
+
+    The coordinator holds the first layers and may use any subset of the workers in any
+    order; a worker given no layers is left out of the plan. With the coordinator's count
+    fixed, the cost of a worker stage depends only on its count and on whether it holds the
+    output layer, so for each choice of output stage a knapsack over the workers (count per
+    worker, unused allowed) is exact, and the order of the other workers does not change the
+    time. When all layers are the same size, memory depends only on counts too and the answer
+    is the exact optimum over all orders and splits. When sizes differ, a worker's count
+    must fit at every position it could take (safe); with at most SUBSET_LIMIT workers,
+    `solve_exact` then searches orders exactly instead.
+    """
+    matters = CostModel(info, ctx).position_matters(profile)
+    if matters and len(profile.workers) <= SUBSET_LIMIT:
+        best = solve_exact(info, ctx, profile)
+    else:
+        best = solve_knapsack(info, ctx, profile)
+    return _finish(
+        info, ctx, profile, best, exact=not matters or len(profile.workers) <= SUBSET_LIMIT
+    )
+
+
+SUBSET_LIMIT = 6
+"""Up to this many workers, unequal layer sizes are planned by the exact subset search."""
+
+
+Choice = tuple[float, list[int], list[int]]
+"""(per-token seconds, counts coordinator first, indices of the workers used in order)."""
+
+
+def solve_knapsack(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
+    cost = CostModel(info, ctx)
+    n = info.n_layers
+    coord = profile.coordinator
+    workers = profile.workers
+    best: Choice | None = None
+
+    if cost.fits(coord, 0, n, True, True):
+        best = (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
+    coord_s = [
+        coord.fixed_s + cost.compute_s(coord, c0, False) if cost.fits(coord, 0, c0, True, False)
+        else INF
+        for c0 in range(n)
+    ]  # fmt: skip
+    for o, out_worker in enumerate(workers):
+        others = [i for i in range(len(workers)) if i != o]
+        table, choices = _knapsack(cost, [workers[i] for i in others], n)
+        for co in range(1, n + 1):
+            if not cost.worst_fits(out_worker, co, True):
+                continue
+            last_s = cost.worker_s(out_worker, co, True)
+            for c0 in range(0, n - co + 1):
+                rest = n - c0 - co
+                total = coord_s[c0] + last_s + table[rest]
+                if total < INF and (best is None or total < best[0] - 1e-12):
+                    counts = _unwind(choices, rest)
+                    used = [others[j] for j, c in enumerate(counts) if c]
+                    best = (total, [c0, *(c for c in counts if c), co], [*used, o])
+    return best
+
+
+def _knapsack(
+    cost: CostModel, workers: Sequence[StageProfile], n: int
+) -> tuple[list[float], list[list[int]]]:
+    """min over counts (>= 0, unused allowed) of the workers' summed time, for each total r."""
+    table = [0.0] + [INF] * n
+    choices: list[list[int]] = []
+    for p in workers:
+        stage_s = [0.0] + [
+            cost.worker_s(p, c, False) if cost.worst_fits(p, c, False) else INF
+            for c in range(1, n + 1)
+        ]
+        new = [INF] * (n + 1)
+        pick = [0] * (n + 1)
+        for r in range(n + 1):
+            for c in range(r + 1):
+                value = table[r - c] + stage_s[c]
+                if value < new[r] - 1e-15:
+                    new[r], pick[r] = value, c
+        table = new
+        choices.append(pick)
+    return table, choices
+
+
+def _unwind(choices: list[list[int]], total: int) -> list[int]:
+    counts = [0] * len(choices)
+    for j in range(len(choices) - 1, -1, -1):
+        counts[j] = choices[j][total]
+        total -= counts[j]
+    return counts
+
+
+def solve_exact(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
+    """Exact search over ordered worker subsets and layer ranges (DP over (subset, layer))."""
+    cost = CostModel(info, ctx)
+    n = info.n_layers
+    coord = profile.coordinator
+    workers = profile.workers
+    best: Choice | None = None
+    if cost.fits(coord, 0, n, True, True):
+        best = (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
+    # state: (frozen set of used workers as a bitmask, next layer) -> (time, counts, order)
+    frontier: dict[tuple[int, int], tuple[float, list[int], list[int]]] = {}
+    for c0 in range(n):
+        if cost.fits(coord, 0, c0, True, False):
+            frontier[(0, c0)] = (coord.fixed_s + cost.compute_s(coord, c0, False), [c0], [])
+    while frontier:
+        nxt: dict[tuple[int, int], tuple[float, list[int], list[int]]] = {}
+        for (mask, start), (time, counts, order) in frontier.items():
+            for w, p in enumerate(workers):
+                if mask >> w & 1:
+                    continue
+                for c in range(1, n - start + 1):
+                    output = start + c == n
+                    if not cost.fits(p, start, c, False, output):
+                        continue
+                    value = time + cost.worker_s(p, c, output)
+                    if output:
+                        if best is None or value < best[0] - 1e-12:
+                            best = (value, [*counts, c], [*order, w])
+                        continue
+                    key = (mask | 1 << w, start + c)
+                    if key not in nxt or value < nxt[key][0] - 1e-15:
+                        nxt[key] = (value, [*counts, c], [*order, w])
+        frontier = nxt
+    return best
+
+
+def brute_force(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
+    """Every order of every subset of workers and every split: for tests of small cases."""
+    cost = CostModel(info, ctx)
+    n = info.n_layers
+    best: Choice | None = None
+    indices = range(len(profile.workers))
+    for k in range(len(profile.workers) + 1):
+        for order in itertools.permutations(indices, k):
+            for counts in _compositions(n, k):
+                refs = [WorkerRef(profile.workers[i].name, f"127.0.0.1:{i + 1}") for i in order]
+                plan = LayerPlan.from_counts(n, counts, refs)
+                if not _plan_fits(cost, profile, plan, list(order)):
+                    continue
+                value = _plan_time(cost, profile, plan, list(order))
+                if best is None or value < best[0] - 1e-12:
+                    best = (value, list(counts), list(order))
+    return best
+
+
+def _compositions(n: int, k: int) -> list[list[int]]:
+    """Coordinator count >= 0 and k worker counts >= 1 adding up to n."""
+    out = []
+    for c0 in range(n - k + 1) if k else [n]:
+        if k == 0:
+            out.append([n])
+            continue
+        for cuts in itertools.combinations(range(1, n - c0), k - 1):
+            bounds = [0, *cuts, n - c0]
+            out.append([c0, *(b - a for a, b in itertools.pairwise(bounds))])
+    return out
+
+
+def _plan_fits(cost: CostModel, profile: ClusterProfile, plan: LayerPlan, order: list[int]) -> bool:
+    profiles = [profile.coordinator, *(profile.workers[i] for i in order)]
+    return all(
+        cost.fits(p, s.first, s.count, i == 0, i == plan.output_stage)
+        for i, (p, s) in enumerate(zip(profiles, plan.stages, strict=True))
+    )
+
+
+def _plan_time(
+    cost: CostModel, profile: ClusterProfile, plan: LayerPlan, order: list[int]
+) -> float:
+    total = profile.coordinator.fixed_s
+    total += cost.compute_s(profile.coordinator, plan.stages[0].count, plan.output_stage == 0)
+    for i, s in enumerate(plan.stages[1:], start=1):
+        total += cost.worker_s(profile.workers[order[i - 1]], s.count, i == plan.output_stage)
+    return total
+
+
+def _finish(
+    info: ModelInfo, ctx: int, profile: ClusterProfile, best: Choice | None, exact: bool
+) -> Explanation:
+    cost = CostModel(info, ctx)
+    coord = profile.coordinator
+    local_ok = cost.fits(coord, 0, info.n_layers, True, True)
+    local_s = coord.fixed_s + cost.compute_s(coord, info.n_layers, True)
+    local_tps = 1.0 / local_s if local_ok and local_s > 0 else None
+    if best is None:
+        need = whole_model_memory(info, ctx).total
+        have = sum(p.free or 0 for p in profile.stages)
+        short = max(need - have, 0)
+        if short:
+            why = (
+                f"the model needs {human_bytes(need)} at context {ctx} (weights, KV cache and "
+                f"compute) but the coordinator and the workers have {human_bytes(have)} free in "
+                f"all: {human_bytes(short)} short. Add workers or memory, or lower --ctx"
+            )
+        else:
+            why = (
+                f"no split fits: in all there is {human_bytes(have)} free for "
+                f"{human_bytes(need)}, but each stage also needs its own compute buffer and "
+                "whole layers; add a worker or memory, or lower --ctx"
+            )
+        return Explanation(
+            None, "too-big", INF, (), coord.fixed_s, (why,), None, max(short, 0), {"exact": exact}
+        )
+    value, counts, order = best
+    refs = [WorkerRef(profile.workers[i].name, profile.workers[i].endpoint or "") for i in order]
+    plan = LayerPlan.from_counts(info.n_layers, counts, refs)
+    result = explain(info, ctx, profile, plan)
+    messages = []
+    if not order:
+        messages.append(
+            "the model fits on the coordinator alone: run it locally; sharding it would be "
+            "slower (every worker adds a network round trip per token)"
+        )
+    elif local_tps is not None:
+        messages.append(
+            f"the model fits on the coordinator alone ({local_tps:.1f} tokens/s predicted); "
+            f"this plan is predicted faster ({result.predicted_tps:.1f} tokens/s) because its "
+            "workers compute faster than the coordinator"
+        )
+    unused = [w.name for i, w in enumerate(profile.workers) if i not in order]
+    if order and unused:
+        messages.append(
+            f"left out: {', '.join(unused)} (too slow to be worth a round trip, or not needed)"
+        )
+    return Explanation(
+        plan,
+        result.verdict,
+        result.per_token_s,
+        result.stages,
+        result.base_s,
+        tuple(messages),
+        local_tps,
+        0,
+        {"exact": exact, "solver_s": value},
+    )

@@ -1,0 +1,160 @@
+"""Faults and bad input: each gets a clear error naming what is wrong, and nothing hangs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from quorum_tui.engine.coordinator import Job
+from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.supervisor import CoordinatorProcess
+from tests.fakerpc import fake_rpc_server
+
+from .conftest import QuorumRunner
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_worker_killed_during_generation(
+    local_cluster: LocalCluster, make_model: Callable[..., Path], quorum_dirs: dict[str, Path]
+) -> None:
+    model = make_model(n_layers=8, n_embd=256, n_head=8, n_vocab=800)
+    local_cluster.start(2)
+    victim = local_cluster.workers[1]
+    args = ["run", str(model), "-p", "Once", "-n", "1800", "--split", "0,4,4"]
+    for worker in local_cluster.workers:
+        args += ["--worker", worker.endpoint]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "quorum_tui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None
+        streamed = run.stdout.read(40)
+        assert len(streamed) == 40
+        tree = psutil.Process(run.pid).children(recursive=True)
+        assert tree, "the coordinator child process should be running"
+        victim.kill(signal.SIGKILL)
+        stopped_at = time.monotonic()
+        returncode = run.wait(timeout=60)
+        waited = time.monotonic() - stopped_at
+        err = run.stderr.read() if run.stderr else ""
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert returncode == 1, err
+    assert f"worker w2 ({victim.endpoint}) is unreachable" in err
+    assert "Traceback" not in err
+    assert waited < 60
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_incompatible_worker_is_refused_by_name_before_loading(
+    quorum: QuorumRunner, tiny_model: Path, quorum_dirs: dict[str, Path]
+) -> None:
+    with fake_rpc_server((6, 2, 1)) as old:
+        for command in (
+            ["probe", old],
+            ["plan", str(tiny_model), "--worker", old],
+            ["run", str(tiny_model), "--worker", old, "-p", "hi"],
+            ["serve", str(tiny_model), "--worker", old, "--port", str(free_port())],
+        ):
+            result = quorum(*command, timeout=60)
+            assert result.returncode == 1, command
+            text = result.stdout + result.stderr
+            assert "incompatible" in text and "6.2.1" in text, command
+            if command[0] != "probe":
+                assert f"worker w1 ({old})" in one_line(result)
+    assert not (quorum_dirs["data"] / "logs").exists(), "nothing may load for a bad worker"
+
+
+def test_unreachable_worker_is_named(quorum: QuorumRunner, tiny_model: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    err = one_line(quorum("run", str(tiny_model), "--worker", dead, "-p", "hi"))
+    assert f"worker w1 ({dead}) is unreachable" in err
+
+
+@pytest.mark.parametrize(
+    ("split", "n_workers", "message"),
+    [
+        ("1,2,1", 2, "adds up to 4 layers but the model has 5"),
+        ("1,-2,6", 2, "gives -2 layers to w1"),
+        ("1,2", 2, "has 2 counts but there are 2 workers"),
+        ("1,two,2", 2, "'two' is not a whole number"),
+    ],
+)
+def test_bad_splits(
+    quorum: QuorumRunner, tiny_model: Path, split: str, n_workers: int, message: str
+) -> None:
+    args = ["plan", str(tiny_model), "--split", split]
+    for i in range(n_workers):
+        args += ["--worker", f"127.0.0.1:{50200 + i}"]
+    assert message in one_line(quorum(*args))
+
+
+def test_more_than_16_workers(quorum: QuorumRunner, tiny_model: Path) -> None:
+    args = ["run", str(tiny_model), "-p", "hi"]
+    for i in range(17):
+        args += ["--worker", f"127.0.0.1:{50300 + i}"]
+    assert "17 workers given but llama.cpp accepts at most 16" in one_line(quorum(*args))
+
+
+def test_missing_model(quorum: QuorumRunner, tmp_path: Path) -> None:
+    err = one_line(quorum("run", str(tmp_path / "missing.gguf"), "-p", "hi"))
+    assert "missing.gguf" in err and "does not exist" in err
+
+
+def test_corrupt_model_in_run(quorum: QuorumRunner, tiny_model: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:10000])
+    assert "truncated" in one_line(quorum("run", str(cut), "-p", "hi"))
+
+
+async def test_coordinator_refuses_to_serve_when_llama_loads_something_else(
+    shared_workers: LocalCluster, tiny_model: Path
+) -> None:
+    workers = shared_workers.refs[:2]
+    job = Job(
+        str(tiny_model),
+        workers,
+        [1, 2, 2],
+        mode="serve",
+        port=free_port(),
+        device_counts=[2, 1],
+    )
+    proc = CoordinatorProcess(job)
+    await proc.start()
+    events = [event async for event in proc.events()]
+    kinds = [e["event"] for e in events]
+    assert "ready" not in kinds
+    assert proc.returncode == 3
+    reason = await proc.failure_reason()
+    assert reason.startswith("llama.cpp did not load the plan")
+    assert "planned on w2, loaded on w1" in reason
+    loaded = next(e for e in events if e["event"] == "loaded")
+    assert loaded["realized"] != loaded["planned"]
+
+
+def test_report_is_json(quorum: QuorumRunner, tiny_model: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    done = quorum("run", str(tiny_model), "-p", "hi", "-n", "5", "--report", str(report))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    assert set(data) >= {"stages", "output_stage", "prompt_tokens", "completion_tokens",
+                         "tokens_per_s", "load_s"}  # fmt: skip
