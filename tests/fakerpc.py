@@ -86,3 +86,64 @@ def fake_rpc_server(
         for conn in connections:
             with suppress(OSError):
                 conn.close()
+
+
+class BlackholeProxy:
+    """A TCP relay to `target` that can vanish like a host cut off the network.
+
+    After `blackhole()`, new connections are refused and relayed bytes are dropped, but open
+    connections stay open: the peer waits for answers that never come.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.endpoint = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.cut = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if not self.cut.is_set():
+                    with suppress(OSError):
+                        dst.shutdown(socket.SHUT_RDWR)
+                return
+            if self.cut.is_set():
+                continue
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def blackhole(self) -> None:
+        self.cut.set()
+        self.server.close()
+
+    def close(self) -> None:
+        self.blackhole()
+        for s in self.sockets:
+            with suppress(OSError):
+                s.close()

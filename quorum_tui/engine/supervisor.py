@@ -53,6 +53,7 @@ class CoordinatorProcess:
         self.log_path = log_path or new_log_path()
         self.proc: asyncio.subprocess.Process | None = None
         self.last_error: dict[str, Any] | None = None
+        self.dead_workers: list[str] = []
 
     async def start(self) -> None:
         env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONUNBUFFERED="1")
@@ -73,11 +74,22 @@ class CoordinatorProcess:
         await self.proc.stdin.drain()
         self.proc.stdin.close()
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every event the child writes, until it exits."""
+    async def events(self, stall_check: float = 10.0) -> AsyncIterator[dict[str, Any]]:
+        """Every event the child writes, until it exits.
+
+        When the child says nothing for `stall_check` seconds, the workers are probed: a worker
+        that became unreachable without closing its connection (a host gone from the network)
+        would otherwise leave llama.cpp waiting forever, so the child is stopped and the
+        worker named.
+        """
         assert self.proc is not None and self.proc.stdout is not None
         while True:
-            line = await self.proc.stdout.readline()
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), stall_check)
+            except TimeoutError:
+                if await self._find_dead_workers():
+                    await self.stop()
+                continue
             if not line:
                 break
             try:
@@ -88,6 +100,15 @@ class CoordinatorProcess:
                 self.last_error = event
             yield event
         await self.proc.wait()
+
+    async def _find_dead_workers(self) -> list[str]:
+        results = await probe_all([w.endpoint for w in self.job.workers], timeout=2.0)
+        self.dead_workers = [
+            f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
+            for w, r in zip(self.job.workers, results, strict=True)
+            if r.status in ("unreachable", "incompatible")
+        ]
+        return self.dead_workers
 
     @property
     def returncode(self) -> int | None:
@@ -124,13 +145,8 @@ class CoordinatorProcess:
             return str(self.last_error.get("message"))
         code = self.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        if code == -signal.SIGABRT or code == -signal.SIGSEGV or code:
-            results = await probe_all([w.endpoint for w in self.job.workers], timeout=2.0)
-            dead = [
-                f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
-                for w, r in zip(self.job.workers, results, strict=True)
-                if r.status in ("unreachable", "incompatible")
-            ]
+        if self.dead_workers or code:
+            dead = self.dead_workers or await self._find_dead_workers()
             if dead:
                 return "the coordinator stopped because " + "; ".join(dead)
         tail = self.log_tail(1)

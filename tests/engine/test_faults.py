@@ -15,8 +15,9 @@ import pytest
 
 from quorum_tui.engine.coordinator import Job
 from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.supervisor import CoordinatorProcess
-from tests.fakerpc import fake_rpc_server
+from tests.fakerpc import BlackholeProxy, fake_rpc_server
 
 from .conftest import QuorumRunner
 
@@ -158,3 +159,28 @@ def test_report_is_json(quorum: QuorumRunner, tiny_model: Path, tmp_path: Path) 
     data = json.loads(report.read_text())
     assert set(data) >= {"stages", "output_stage", "prompt_tokens", "completion_tokens",
                          "tokens_per_s", "load_s"}  # fmt: skip
+
+
+async def test_worker_cut_off_the_network_is_named_not_waited_for(
+    local_cluster: LocalCluster, make_model: Callable[..., Path]
+) -> None:
+    model = make_model(n_layers=8, n_embd=256, n_head=8, n_vocab=800)
+    local_cluster.start(1)
+    proxy = BlackholeProxy(local_cluster.workers[0].endpoint)
+    try:
+        worker = WorkerRef("far", proxy.endpoint)
+        job = Job(str(model), [worker], [4, 4], prompt="Once", n_predict=1800)
+        proc = CoordinatorProcess(job)
+        await proc.start()
+        tokens = 0
+        async for event in proc.events(stall_check=2.0):
+            if event["event"] == "token":
+                tokens += 1
+                if tokens == 5:
+                    proxy.blackhole()
+        assert tokens >= 5
+        assert proc.returncode != 0
+        reason = await proc.failure_reason()
+        assert f"worker far ({proxy.endpoint}) is unreachable" in reason
+    finally:
+        proxy.close()
