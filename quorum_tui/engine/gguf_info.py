@@ -15,6 +15,7 @@ KV_BYTES_PER_ELEMENT = 2
 """llama.cpp's default KV cache type is f16."""
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+_SPLIT_NAME = re.compile(r"^(.*)-00001-of-(\d{5})\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def inspect_model(path: str | Path) -> ModelInfo:
         tensors = [
             (t.name, int(t.n_bytes), int(t.data_offset), t.tensor_type.name) for t in reader.tensors
         ]
+        later, size = _later_parts(p, fields, size)
+        tensors += later
     except QuorumError:
         raise
     except Exception as exc:
@@ -154,6 +157,26 @@ def describe(
         kv_bytes_per_token_per_layer=kv,
         tied_output=tied,
     )
+
+
+def _later_parts(
+    first: Path, fields: dict[str, Any], size: int
+) -> tuple[list[tuple[str, int, int, str]], int]:
+    """Tensors of parts 2..N of a split model (offset 0: each lies within its own part)."""
+    from gguf import GGUFReader
+
+    count = fields.get("split.count")
+    match = _SPLIT_NAME.match(first.name)
+    if not isinstance(count, int) or count < 2 or not match:
+        return [], size
+    rows: list[tuple[str, int, int, str]] = []
+    for index in range(2, count + 1):
+        part = first.with_name(f"{match[1]}-{index:05d}-of-{count:05d}.gguf")
+        if not part.is_file():
+            raise QuorumError(f"{first} is part 1 of {count} but {part.name} is missing beside it")
+        rows += [(t.name, int(t.n_bytes), 0, t.tensor_type.name) for t in GGUFReader(part).tensors]
+        size += part.stat().st_size
+    return rows, size
 
 
 def _field_value(f: Any) -> Any:

@@ -7,6 +7,11 @@ from pathlib import Path
 from quorum_tui import paths
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
 from quorum_tui.errors import QuorumError
+from quorum_tui.models import hub
+from quorum_tui.models.download import ProgressCallback
+from quorum_tui.models.progress import ProgressLine
+from quorum_tui.models.pull import cached_paths, pull
+from quorum_tui.models.spec import LocalSpec, parse_spec
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -42,14 +47,24 @@ def parse_synthetic(text: str) -> SyntheticSpec:
     return SyntheticSpec(**values)  # type: ignore[arg-type]
 
 
-def resolve_model(text: str) -> Path:
-    """A local path, or `synthetic:...` generated into the cache on first use."""
+def resolve_model(text: str, on_progress: ProgressCallback | None = None) -> Path:
+    """A local path, `synthetic:...` generated into the cache on first use, or a Hub/URL spec.
+
+    A spec already in the cache resolves without touching the network; otherwise it is pulled,
+    reporting to `on_progress` (a progress line on stderr when not given). The path returned
+    is the first part of a split model; llama.cpp finds the other parts beside it.
+    """
     if text.startswith(SYNTHETIC_PREFIX):
         return synthetic_model(parse_synthetic(text), paths.cache_dir() / "synthetic")
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    raise QuorumError(
-        f"model {text!r} does not exist: give a path to a .gguf file, or "
-        "synthetic:layers=N for a generated test model"
-    )
+    spec = parse_spec(text, hub.hub_hosts())
+    if isinstance(spec, LocalSpec):
+        if spec.path.exists():
+            return spec.path
+        raise QuorumError(
+            f"model {text!r} does not exist: give a path to a .gguf file, owner/repo:QUANT, "
+            "owner/repo/file.gguf, an https URL, or synthetic:layers=N for a test model"
+        )
+    found = cached_paths(spec)
+    if found:
+        return found[0]
+    return pull(text, spec, on_progress or ProgressLine()).path
