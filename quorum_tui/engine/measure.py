@@ -7,10 +7,12 @@
   bytes over the same path the weights and activations take.
 - Stages, in a child process (`python -m quorum_tui.engine.measure`, started like the
   coordinator): a synthetic model with this model's layer shape (width, feed-forward, heads,
-  weight type) and 1 or 3 layers is loaded with all its layers on one stage, for every
-  stage, and single tokens are decoded through it, interleaved. The slope over the layer
-  count is the time per layer; for a worker, the rise of the intercept over the
-  coordinator's is its per-token overhead (round trip and RPC calls), never below the
+  weight type) and 1, 2, 4, ... layers (the largest holding at least MEASURE_BYTES, so that
+  it streams its weights from memory like a real stage) is loaded with all its layers on one
+  stage, for every stage, and single tokens are decoded through it, interleaved in short
+  rounds. Each count's time less the fixed costs is the stage's compute curve, and the slope
+  at the large end its time per layer beyond; for a worker, the rise of the intercept over
+  the coordinator's is its per-token overhead (round trip and RPC calls), never below the
   measured round trip.
 - Memory: the probe's free memory, or a cap given by the user.
 
@@ -21,22 +23,25 @@ child starts, and nothing here runs while a coordinator uses the workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import math
 import socket
 import statistics
 import struct
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from quorum_tui import paths
 from quorum_tui.engine.coordinator import Job
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
-from quorum_tui.engine.planner import ClusterProfile, StageProfile
+from quorum_tui.engine.planner import INF, ClusterProfile, Explanation, StageProfile, solve
 from quorum_tui.engine.probe import (
     CMD_DEVICE_COUNT,
     CMD_HELLO,
@@ -50,9 +55,18 @@ from quorum_tui.errors import QuorumError
 CMD_SET_TENSOR = 6
 SET_TENSOR_HEADER = 512
 """More than an rpc_tensor plus cache flag and offset; all zero, so no buffer is named."""
-SMALL_LAYERS = 1
-LARGE_LAYERS = 3
+MEASURE_BYTES = 128 << 20
+"""The larger measuring model holds at least this much (when the model has that many layers):
+a model small enough to stay in the CPU's caches runs several times faster per layer than
+one that streams its weights from memory, as every real stage does."""
+STAGE_QUANTILE = 0.25
+"""Stage speeds come from this quantile of the per-token times: on a shared machine the
+median mixes in other processes' load, which differs from trial to trial more than the
+stages' own speeds do; a low quantile is the stage's speed when it gets the CPU."""
+DTYPE_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 PROMPT = "the quorum of workers"
+MIN_LAYER_S = 1e-6
+"""Floor of a measured time per layer: noise can make the 3-layer run no slower than the 1."""
 
 
 # --- links -------------------------------------------------------------------------------
@@ -152,7 +166,11 @@ def measure_link(endpoint: str) -> Link:
 
 @dataclass
 class MeasureJob(Job):
-    """Trials to time in one child: each a model and counts (None: llama.cpp's own split)."""
+    """Trials to time in one child, interleaved over `repeats` rounds of `n_predict` tokens.
+
+    Short rounds interleave finely: on a shared machine the load changes within seconds, and
+    each trial should see the same mix of it.
+    """
 
     trials: list[dict[str, Any]] = field(default_factory=list)
     repeats: int = 1
@@ -161,14 +179,25 @@ class MeasureJob(Job):
 
 @dataclass(frozen=True)
 class Trial:
-    """One configuration to time; counts None asks llama.cpp for its memory-based split."""
+    """One configuration to time.
+
+    `workers` names the workers the plan uses, in plan order (a subset of the child's
+    workers; None is all of them in their order). `counts` is the plan's split, coordinator
+    first; None asks llama.cpp for its own memory-proportional split over those workers.
+    """
 
     label: str
     model: str
     counts: list[int] | None
+    workers: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "model": self.model, "counts": self.counts}
+        return {
+            "label": self.label,
+            "model": self.model,
+            "counts": self.counts,
+            "workers": self.workers,
+        }
 
 
 @dataclass
@@ -181,12 +210,19 @@ class TrialResult:
 
     @property
     def seconds(self) -> float:
-        """Median seconds per generated token over the repeats."""
+        """Median seconds per generated token, over every token of every round."""
         return statistics.median(self.per_token_s) if self.per_token_s else float("inf")
 
     @property
     def tokens_per_s(self) -> float:
         return 1.0 / self.seconds if self.per_token_s else 0.0
+
+    def quick(self, fraction: float = STAGE_QUANTILE) -> float:
+        """Seconds per token at a low quantile: the speed when the machine lets it run."""
+        if not self.per_token_s:
+            return float("inf")
+        ordered = sorted(self.per_token_s)
+        return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
 
     @property
     def ttft(self) -> float:
@@ -217,68 +253,130 @@ def _child_run(job: MeasureJob, events: Any, capture: Any) -> None:
 
     for worker in job.workers:
         ggml.add_rpc_server(worker.endpoint)
+    devices = _worker_devices(job)
     loaded: dict[int, Any] = {}
     for repeat in range(job.repeats):
         for index, data in enumerate(job.trials):
             trial = Trial(**data)
             llm = loaded.get(index)
             if llm is None:
-                llm = _load_trial(job, trial, index, events, capture)
-            per_token, ttft = _time_decode(llm, job.n_predict)
-            events.emit("trial", index=index, repeat=repeat, per_token_s=per_token, ttft_s=ttft)
+                llm = _load_trial(job, trial, devices, index, events, capture)
+            times, ttft = _time_decode(llm, job.n_predict)
+            events.emit("trial", index=index, repeat=repeat, per_token_s=times, ttft_s=ttft)
             if job.keep_loaded:
                 loaded[index] = llm
             else:
                 llm.close()
 
 
-def _load_trial(job: MeasureJob, trial: Trial, index: int, events: Any, capture: Any) -> Any:
+def _worker_devices(job: MeasureJob) -> list[list[int]]:
+    """The ggml device handles of each worker, in the order the workers were registered."""
+    from quorum_tui.engine import ggml
+
+    lib = ggml.lib()
+    by_name = {}
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        by_name[(lib.ggml_backend_dev_name(dev) or b"").decode()] = int(dev)
+    counts = job.device_counts or [1] * len(job.workers)
+    out = []
+    first = 0
+    for count in counts:
+        out.append([by_name[f"RPC{first + k}"] for k in range(count)])
+        first += count
+    return out
+
+
+def _load_trial(
+    job: MeasureJob, trial: Trial, devices: list[list[int]], index: int, events: Any, capture: Any
+) -> Any:
     import llama_cpp
 
     from quorum_tui.engine.gguf_info import inspect_model
-    from quorum_tui.engine.loadlog import differences, realized_assignment
+    from quorum_tui.engine.loadlog import device_stage, differences, layer_devices
 
     n_layers = inspect_model(trial.model).n_layers
-    before = len(capture.snapshot())
+    position = {w.name: i for i, w in enumerate(job.workers)}
+    names = trial.workers if trial.workers is not None else list(position)
+    unknown = [n for n in names if n not in position]
+    if unknown:
+        raise QuorumError(f"trial {trial.label} names unknown workers {unknown}")
+    order = [position[n] for n in names]
+    refs = [job.workers[i] for i in order]
+    counts = job.device_counts or [1] * len(job.workers)
+    plan = None
     if trial.counts is None:
         n_gpu, split = n_layers + 1, None
-        plan = None
     else:
-        plan = LayerPlan.from_counts(n_layers, trial.counts, job.workers)
-        params = plan.to_llama_params(job.device_counts)
+        plan = LayerPlan.from_counts(n_layers, trial.counts, refs)
+        params = plan.to_llama_params([counts[i] for i in order])
         n_gpu, split = params.n_gpu_layers, list(params.tensor_split) or None
-    llm = llama_cpp.Llama(
-        model_path=trial.model,
-        n_gpu_layers=n_gpu,
-        split_mode=1,
-        tensor_split=split,
-        n_ctx=job.ctx,
-        seed=job.seed,
-        flash_attn=True,
-        n_threads=job.threads or None,
-        verbose=True,
-    )
-    lines = capture.snapshot()[before:]
-    realized = realized_assignment(lines, n_layers, job.workers, job.device_counts)
+    handles = [h for i in order for h in devices[i]]
+    before = len(capture.snapshot())
+    with _only_devices(handles):
+        llm = llama_cpp.Llama(
+            model_path=trial.model,
+            n_gpu_layers=n_gpu,
+            split_mode=1,
+            tensor_split=split,
+            n_ctx=job.ctx,
+            seed=job.seed,
+            flash_attn=True,
+            n_threads=job.threads or None,
+            verbose=True,
+        )
+    found = layer_devices(capture.snapshot()[before:])
+    missing = [il for il in range(n_layers + 1) if il not in found]
+    if missing:
+        raise QuorumError(f"llama.cpp's load log does not say where layers {missing[:5]} went")
+    realized = []
+    for il in range(n_layers + 1):
+        stage = device_stage(found[il], job.workers, job.device_counts)
+        realized.append(0 if stage == 0 else order.index(stage - 1) + 1)
     wrong = differences(plan, realized) if plan else []
     events.emit("loaded", index=index, realized=realized, mismatch=wrong)
     return llm
 
 
-def _time_decode(llm: Any, n_tokens: int) -> tuple[float, float]:
-    """Median seconds per decoded token, and seconds to the first token (the prompt)."""
+@contextlib.contextmanager
+def _only_devices(handles: list[int]) -> Iterator[None]:
+    """Make the next Llama() offload to exactly `handles`, in that order (llama_model_params)."""
+    import llama_cpp.llama_cpp as api
+
+    original = api.llama_model_default_params
+    array = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
+
+    def params() -> Any:
+        value = original()
+        value.devices = ctypes.cast(array, ctypes.c_void_p)
+        return value
+
+    api.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        api.llama_model_default_params = original
+
+
+def _time_decode(llm: Any, n_tokens: int) -> tuple[list[float], float]:
+    """Seconds of each decoded token, and seconds to the first token (the prompt).
+
+    The first single-token decode after the prompt builds a new graph (and sends it to the
+    workers); it is left out of the per-token times, which measure the steady state.
+    """
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
     llm.reset()
     started = time.perf_counter()
     llm.eval(tokens)
     ttft = time.perf_counter() - started
     token = tokens[-1]
+    llm.eval([token])
     times = []
     for _ in range(n_tokens):
         started = time.perf_counter()
         llm.eval([token])
         times.append(time.perf_counter() - started)
-    return statistics.median(times), ttft
+    return times, ttft
 
 
 class MeasureProcess(CoordinatorProcess):
@@ -320,7 +418,7 @@ async def run_trials(
                 result.mismatch = event["mismatch"]
             elif event["event"] == "trial":
                 result = results[event["index"]]
-                result.per_token_s.append(event["per_token_s"])
+                result.per_token_s += event["per_token_s"]
                 result.ttft_s.append(event["ttft_s"])
     finally:
         if proc.running:
@@ -352,6 +450,28 @@ def shape_spec(info: ModelInfo, n_layers: int) -> SyntheticSpec:
     )
 
 
+def measuring_layers(info: ModelInfo) -> list[int]:
+    """Layer counts of the measuring models: 1, 2, 4, ... up to one that outgrows the caches."""
+    spec = shape_spec(info, 1).resolved()
+    kv_width = spec.n_embd // spec.n_head * spec.n_head_kv
+    params = 2 * spec.n_embd * (spec.n_embd + kv_width) + 3 * spec.n_embd * spec.n_ff
+    layer = max(params * DTYPE_BYTES[spec.dtype], 1.0)
+    many = min(max(info.n_layers, 2), max(2, math.ceil(MEASURE_BYTES / layer)))
+    counts = [1]
+    while counts[-1] * 2 < many:
+        counts.append(counts[-1] * 2)
+    return [*counts, many]
+
+
+def _monotone(points: list[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    out = []
+    top = 0.0
+    for x, y in points:
+        top = max(top, y)
+        out.append((x, top))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Measurement:
     """A cluster profile plus what it was computed from."""
@@ -378,8 +498,8 @@ async def measure_cluster(
     workers: Sequence[WorkerRef],
     memory_caps: dict[str, int] | None = None,
     coordinator_memory: int | None = None,
-    tokens: int = 24,
-    repeats: int = 3,
+    tokens: int = 4,
+    repeats: int = 12,
     threads: int = 0,
     model_dir: Path | None = None,
 ) -> Measurement:
@@ -394,59 +514,95 @@ async def measure_cluster(
     for worker in workers:
         links.append(await asyncio.to_thread(measure_link, worker.endpoint))
     directory = model_dir or paths.ensure(paths.cache_dir() / "synthetic")
-    small = synthetic_model(shape_spec(info, SMALL_LAYERS), directory)
-    large = synthetic_model(shape_spec(info, LARGE_LAYERS), directory)
+    sizes = measuring_layers(info)
+    models = [synthetic_model(shape_spec(info, k), directory) for k in sizes]
     stages = ["coordinator", *(w.name for w in workers)]
     trials = []
     for index, name in enumerate(stages):
-        for path, layers in ((small, SMALL_LAYERS), (large, LARGE_LAYERS)):
-            counts = [0] * len(stages)
-            counts[index] = layers
-            trials.append(Trial(f"{name}:{layers}", str(path), counts))
+        for path, layers in zip(models, sizes, strict=True):
+            counts, used = ([layers], []) if index == 0 else ([0, layers], [name])
+            trials.append(Trial(f"{name}:{layers}", str(path), counts, used))
     results = await run_trials(workers, trials, tokens, repeats, threads=threads)
     for r in results:
         if r.mismatch:
             raise QuorumError(f"measuring {r.trial.label}: {'; '.join(r.mismatch)}")
     from quorum_tui.engine.gguf_info import inspect_model
 
-    shape_bytes = inspect_model(large).layer_bytes[0]
+    shape_bytes = inspect_model(models[-1]).layer_bytes[0]
     real_bytes = sum(info.layer_bytes) / max(info.n_layers, 1)
     scale = real_bytes / shape_bytes if shape_bytes else 1.0
-    fits: list[tuple[float, float]] = []
     seconds: dict[str, list[float]] = {}
     for index, name in enumerate(stages):
-        one, three = results[2 * index], results[2 * index + 1]
-        slope = max((three.seconds - one.seconds) / (LARGE_LAYERS - SMALL_LAYERS), 0.0)
-        intercept = max(one.seconds - SMALL_LAYERS * slope, 0.0)
-        fits.append((slope, intercept))
-        seconds[name] = [one.seconds, three.seconds]
-    base = fits[0][1]
+        row = results[index * len(sizes) : (index + 1) * len(sizes)]
+        seconds[name] = [r.quick() for r in row]
+    stage_fits = [_fit(sizes, seconds[name]) for name in stages]
+    base = stage_fits[0][1]
     import psutil
 
-    coordinator = StageProfile(
+    coordinator = _stage(
         "coordinator",
         None,
-        layer_s=fits[0][0] * scale,
-        fixed_s=base,
+        sizes,
+        seconds["coordinator"],
+        base,
+        scale,
         free=coordinator_memory
         if coordinator_memory is not None
         else int(psutil.virtual_memory().available),
     )
     profiles = []
-    for worker, link, probe_result, (slope, intercept) in zip(
-        workers, links, probes, fits[1:], strict=True
+    for worker, link, probe_result, (_, intercept) in zip(
+        workers, links, probes, stage_fits[1:], strict=True
     ):
-        profiles.append(
-            StageProfile(
-                worker.name,
-                worker.endpoint,
-                layer_s=slope * scale,
-                fixed_s=max(intercept - base, link.rtt_s),
-                bandwidth=link.bandwidth,
-                free=caps.get(worker.endpoint, probe_result.free),
-            )
+        fixed = max(intercept - base, link.rtt_s)
+        free = caps.get(worker.endpoint, probe_result.free)
+        stage = _stage(
+            worker.name, worker.endpoint, sizes, seconds[worker.name], base + fixed, scale, free
         )
+        profiles.append(replace(stage, fixed_s=fixed, bandwidth=link.bandwidth))
     return Measurement(ClusterProfile(coordinator, tuple(profiles)), tuple(links), seconds, scale)
+
+
+def _fit(sizes: list[int], times: list[float]) -> tuple[float, float]:
+    """(time per layer at the large end, intercept from the two smallest counts)."""
+    if len(sizes) < 2:
+        return max(times[0] / sizes[0], MIN_LAYER_S), 0.0
+    slope = max((times[-1] - times[-2]) / (sizes[-1] - sizes[-2]), MIN_LAYER_S)
+    first = (times[1] - times[0]) / (sizes[1] - sizes[0])
+    return slope, max(times[0] - sizes[0] * first, 0.0)
+
+
+def _stage(
+    name: str,
+    endpoint: str | None,
+    sizes: list[int],
+    times: list[float],
+    overhead: float,
+    scale: float,
+    free: int | None,
+) -> StageProfile:
+    """A stage's profile: its compute curve is each count's time less the fixed costs."""
+    slope, intercept = _fit(sizes, times)
+    curve = _monotone(
+        [(k, max(t - overhead, 0.0) * scale) for k, t in zip(sizes, times, strict=True)]
+    )
+    return StageProfile(name, endpoint, slope * scale, intercept, INF, free, curve)
+
+
+async def auto_plan(
+    info: ModelInfo, workers: Sequence[WorkerRef], ctx: int, out: TextIO | None = None
+) -> tuple[LayerPlan, Explanation]:
+    """Measure the workers, solve, print the explanation; a model that fits nowhere is an error."""
+    stream = out or sys.stderr
+    print(f"measuring the coordinator and {len(workers)} worker(s)...", file=stream, flush=True)
+    measured = await measure_cluster(info, workers)
+    explanation = solve(info, ctx, measured.profile)
+    if explanation.plan is None:
+        raise QuorumError(" ".join(explanation.messages))
+    for line in explanation.lines():
+        print(line, file=stream)
+    stream.flush()
+    return explanation.plan, explanation
 
 
 if __name__ == "__main__":

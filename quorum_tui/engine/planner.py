@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import StageMemory, compute_bytes, whole_model_memory
 from quorum_tui.engine.plan import MAX_WORKERS, LayerPlan, WorkerRef
@@ -39,6 +41,11 @@ class StageProfile:
     (always paid), for a worker the round trip and RPC overhead. `bandwidth` is bytes per
     second on the link (unused for the coordinator). `free` caps the stage's memory; None is
     unknown, which the planner treats as unlimited.
+
+    `curve`, when measured, holds (layer count, compute seconds per token) points: a stage
+    holding few layers can keep them in the CPU's caches and run them faster per layer than
+    many. Compute is interpolated between the points (from (0, 0)) and continues at `layer_s`
+    per layer beyond the last one; without a curve it is `layer_s` per layer throughout.
     """
 
     name: str
@@ -47,6 +54,16 @@ class StageProfile:
     fixed_s: float = 0.0
     bandwidth: float = INF
     free: int | None = None
+    curve: tuple[tuple[int, float], ...] = ()
+
+    def compute(self, layers: float) -> float:
+        """Compute seconds per token for `layers` (fractional for the output layer's share)."""
+        x0, y0 = 0, 0.0
+        for x1, y1 in self.curve:
+            if layers <= x1:
+                return y0 + (y1 - y0) * (layers - x0) / (x1 - x0)
+            x0, y0 = x1, y1
+        return y0 + self.layer_s * (layers - x0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +73,7 @@ class StageProfile:
             "fixed_s": self.fixed_s,
             "bandwidth": None if math.isinf(self.bandwidth) else self.bandwidth,
             "free": self.free,
+            "curve": [list(point) for point in self.curve],
         }
 
 
@@ -73,7 +91,15 @@ class ClusterProfile:
                 f"{MAX_WORKERS}: drop some workers"
             )
         for p in (self.coordinator, *self.workers):
-            if not p.layer_s >= 0 or not p.fixed_s >= 0 or not p.bandwidth > 0:
+            counts = [x for x, _ in p.curve]
+            times = [y for _, y in p.curve]
+            if (
+                not p.layer_s >= 0
+                or not p.fixed_s >= 0
+                or not p.bandwidth > 0
+                or not all(y >= 0 for y in times)
+                or any(b <= a for a, b in itertools.pairwise([0, *counts]))
+            ):
                 raise QuorumError(
                     f"the profile of {p.name} has a negative or missing speed: measure it again"
                 )
@@ -103,7 +129,7 @@ class CostModel:
         return self.info.output_bytes / mean if mean else 0.0
 
     def compute_s(self, p: StageProfile, count: int, output: bool) -> float:
-        return p.layer_s * (count + (self.output_factor if output else 0.0))
+        return p.compute(count + (self.output_factor if output else 0.0))
 
     def link_s(self, p: StageProfile, output: bool) -> float:
         back = self.info.n_vocab if output else self.info.n_embd
@@ -304,10 +330,11 @@ def solve(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Explanation:
     fixed, the cost of a worker stage depends only on its count and on whether it holds the
     output layer, so for each choice of output stage a knapsack over the workers (count per
     worker, unused allowed) is exact, and the order of the other workers does not change the
-    time. When all layers are the same size, memory depends only on counts too and the answer
-    is the exact optimum over all orders and splits. When sizes differ, a worker's count
-    must fit at every position it could take (safe); with at most SUBSET_LIMIT workers,
-    `solve_exact` then searches orders exactly instead.
+    time. When whether a count fits a worker does not depend on where its layers sit (always
+    so when all layers are the same size), that is the exact optimum over every subset, order
+    and split. Otherwise, with at most SUBSET_LIMIT workers, `solve_exact` searches orders
+    and positions exactly; beyond that the knapsack requires each count to fit at every
+    position (safe), and the explanation says `exact: false`.
     """
     matters = CostModel(info, ctx).position_matters(profile)
     if matters and len(profile.workers) <= SUBSET_LIMIT:
@@ -341,9 +368,10 @@ def solve_knapsack(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice
         else INF
         for c0 in range(n)
     ]  # fmt: skip
+    stage_s = [_stage_costs(cost, p, n) for p in workers]
     for o, out_worker in enumerate(workers):
         others = [i for i in range(len(workers)) if i != o]
-        table, choices = _knapsack(cost, [workers[i] for i in others], n)
+        table, choices = _knapsack([stage_s[i] for i in others], n)
         for co in range(1, n + 1):
             if not cost.worst_fits(out_worker, co, True):
                 continue
@@ -358,27 +386,31 @@ def solve_knapsack(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice
     return best
 
 
-def _knapsack(
-    cost: CostModel, workers: Sequence[StageProfile], n: int
-) -> tuple[list[float], list[list[int]]]:
+def _stage_costs(cost: CostModel, p: StageProfile, n: int) -> np.ndarray:
+    """A non-output worker's time per token for each count 0..n (inf where it does not fit)."""
+    out = [0.0]
+    for c in range(1, n + 1):
+        if not cost.worst_fits(p, c, False):
+            out += [INF] * (n + 1 - c)
+            break
+        out.append(cost.worker_s(p, c, False))
+    return np.asarray(out)
+
+
+def _knapsack(costs: Sequence[np.ndarray], n: int) -> tuple[list[float], list[list[int]]]:
     """min over counts (>= 0, unused allowed) of the workers' summed time, for each total r."""
-    table = [0.0] + [INF] * n
+    table = np.asarray([0.0] + [INF] * n)
     choices: list[list[int]] = []
-    for p in workers:
-        stage_s = [0.0] + [
-            cost.worker_s(p, c, False) if cost.worst_fits(p, c, False) else INF
-            for c in range(1, n + 1)
-        ]
-        new = [INF] * (n + 1)
-        pick = [0] * (n + 1)
-        for r in range(n + 1):
-            for c in range(r + 1):
-                value = table[r - c] + stage_s[c]
-                if value < new[r] - 1e-15:
-                    new[r], pick[r] = value, c
-        table = new
-        choices.append(pick)
-    return table, choices
+    r = np.arange(n + 1)[:, None]
+    c = np.arange(n + 1)[None, :]
+    below = c <= r
+    rows = np.arange(n + 1)
+    for stage_s in costs:
+        values = np.where(below, table[np.clip(r - c, 0, n)] + stage_s[c], INF)
+        pick = values.argmin(axis=1)
+        table = values[rows, pick]
+        choices.append([int(x) for x in pick])
+    return [float(x) for x in table], choices
 
 
 def _unwind(choices: list[list[int]], total: int) -> list[int]:
@@ -409,15 +441,15 @@ def solve_exact(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | 
             for w, p in enumerate(workers):
                 if mask >> w & 1:
                     continue
-                for c in range(1, n - start + 1):
-                    output = start + c == n
-                    if not cost.fits(p, start, c, False, output):
-                        continue
-                    value = time + cost.worker_s(p, c, output)
-                    if output:
-                        if best is None or value < best[0] - 1e-12:
-                            best = (value, [*counts, c], [*order, w])
-                        continue
+                last = n - start
+                if cost.fits(p, start, last, False, True):
+                    value = time + cost.worker_s(p, last, True)
+                    if best is None or value < best[0] - 1e-12:
+                        best = (value, [*counts, last], [*order, w])
+                for c in range(1, last):
+                    if not cost.fits(p, start, c, False, False):
+                        break
+                    value = time + cost.worker_s(p, c, False)
                     key = (mask | 1 << w, start + c)
                     if key not in nxt or value < nxt[key][0] - 1e-15:
                         nxt[key] = (value, [*counts, c], [*order, w])
@@ -433,7 +465,7 @@ def brute_force(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | 
     indices = range(len(profile.workers))
     for k in range(len(profile.workers) + 1):
         for order in itertools.permutations(indices, k):
-            for counts in _compositions(n, k):
+            for counts in compositions(n, k):
                 refs = [WorkerRef(profile.workers[i].name, f"127.0.0.1:{i + 1}") for i in order]
                 plan = LayerPlan.from_counts(n, counts, refs)
                 if not _plan_fits(cost, profile, plan, list(order)):
@@ -444,7 +476,7 @@ def brute_force(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | 
     return best
 
 
-def _compositions(n: int, k: int) -> list[list[int]]:
+def compositions(n: int, k: int) -> list[list[int]]:
     """Coordinator count >= 0 and k worker counts >= 1 adding up to n."""
     out = []
     for c0 in range(n - k + 1) if k else [n]:
@@ -514,9 +546,10 @@ def _finish(
         )
     elif local_tps is not None:
         messages.append(
-            f"the model fits on the coordinator alone ({local_tps:.1f} tokens/s predicted); "
-            f"this plan is predicted faster ({result.predicted_tps:.1f} tokens/s) because its "
-            "workers compute faster than the coordinator"
+            f"the model fits on the coordinator alone ({local_tps:.1f} tokens/s predicted), "
+            f"but this plan is predicted faster ({result.predicted_tps:.1f} tokens/s) from the "
+            "measured speeds: its stages compute their shares faster than the coordinator "
+            "computes the whole"
         )
     unused = [w.name for i, w in enumerate(profile.workers) if i not in order]
     if order and unused:
