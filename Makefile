@@ -35,20 +35,30 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# pip caches the wheel it built keyed by the sdist, not by CMAKE_ARGS: a cached build without RPC
-# would be reused silently, so check the result and rebuild without the cache when RPC is missing.
+# The llama-cpp-python wheel is kept in .venv/wheelhouse: the SSH tests install it on their lab
+# hosts. pip caches the wheel it built keyed by the sdist, not by CMAKE_ARGS: a cached build
+# without RPC would be reused silently, so check the result and rebuild without the cache.
+WHEELHOUSE := $(VENV)/wheelhouse
+LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
+
 $(VENV)/.llama-rpc: | $(PY)
-	@if $(PY) -c '$(LLAMA_CHECK)' 2>/dev/null; then \
-	  echo "llama-cpp-python $(LLAMA_VERSION) with RPC is already installed"; \
-	else \
-	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC (about 10 minutes on 2 cores)..."; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) install --quiet "llama-cpp-python[server]==$(LLAMA_VERSION)" || exit 1; \
-	  if ! $(PY) -c '$(LLAMA_CHECK)'; then \
-	    echo "The installed build has no RPC (a cached wheel?): rebuilding without pip's cache..."; \
-	    CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) install --quiet --no-cache-dir --force-reinstall --no-deps \
-	      "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
-	    $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC support"; exit 1; }; \
-	  fi; \
+	@if [ -z "$(LLAMA_WHEEL)" ]; then \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC (about 10 minutes on 2 cores, once)..."; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-deps -w $(WHEELHOUSE) \
+	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
+	fi
+	@wheel=$$(ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl | head -n 1); \
+	if ! $(PY) -c '$(LLAMA_CHECK)' 2>/dev/null; then \
+	  $(PIP) install --quiet "$$wheel[server]" || exit 1; \
+	fi; \
+	if ! $(PY) -c '$(LLAMA_CHECK)'; then \
+	  echo "That build has no RPC (a cached wheel?): rebuilding without pip's cache..."; \
+	  rm -f $$wheel; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-cache-dir --no-deps -w $(WHEELHOUSE) \
+	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
+	  wheel=$$(ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl | head -n 1); \
+	  $(PIP) install --quiet --force-reinstall --no-deps "$$wheel" || exit 1; \
+	  $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC support"; exit 1; }; \
 	fi
 	@touch $@
 

@@ -1,0 +1,96 @@
+"""`quorum bench bringup`: wall time to bring up every host vs one host, side by side.
+
+Runtimes are installed by a warm-up bring-up first; every timed bring-up then starts from
+stopped workers: connect, probe, start the worker, open the tunnel, HELLO through it. The CPU
+load of this machine during each bring-up is reported too: with `--lab` every host shares
+this machine's CPUs, so a CPU-bound result measures the machine, not the parallelism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import psutil
+
+from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
+from quorum_tui.cluster.inventory import Inventory, load_inventory
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bringup", help="bring-up wall time of all hosts vs one host")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--cluster", metavar="FILE", help="the hosts to use")
+    where.add_argument("--lab", type=int, metavar="N", help="N throwaway namespace hosts (root)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--accept-new-host-keys", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_bringup)
+
+
+def cmd_bench_bringup(args: argparse.Namespace) -> int:
+    if args.lab is not None:
+        from quorum_tui.cluster.sshlab import temporary_lab
+
+        with temporary_lab(args.lab) as (lab, hosts):
+            result = asyncio.run(bench(load_inventory(lab.cluster_file(hosts)), args))
+    else:
+        result = asyncio.run(bench(load_inventory(args.cluster), args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"bring-up of {result['hosts']} hosts: {result['all_s']:.2f}s, of 1 host: "
+            f"{result['one_s']:.2f}s, ratio {result['ratio']:.2f} ({args.rounds} round(s)); "
+            f"this machine's {result['cores']} CPUs were {result['cpu_busy_all']:.0%} busy "
+            f"during the {result['hosts']}-host bring-ups, {result['cpu_busy_one']:.0%} during "
+            "the 1-host ones"
+        )
+    return 0
+
+
+async def timed_up(inv: Inventory, options: BringUpOptions) -> tuple[float, float]:
+    """Wall seconds, and how busy this machine's CPUs were meanwhile (0-1, every process)."""
+    cpu = psutil.cpu_times()
+    started = time.perf_counter()
+    cluster = await bring_up(inv, options)
+    elapsed = time.perf_counter() - started
+    after = psutil.cpu_times()
+    await cluster.close()
+    cluster.require_all()
+    idle = (after.idle + after.iowait) - (cpu.idle + cpu.iowait)
+    total = sum(after) - sum(cpu)
+    return elapsed, 1.0 - idle / total if total > 0 else 0.0
+
+
+async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
+    options = BringUpOptions(accept_new_host_keys=args.accept_new_host_keys)
+    one = replace(inv, hosts=inv.hosts[:1])
+    await timed_up(inv, options)
+    runs: dict[str, list[float]] = {"one": [], "all": []}
+    busy: dict[str, list[float]] = {"one": [], "all": []}
+    for _ in range(args.rounds):
+        for key, which in (("one", one), ("all", inv)):
+            await down(inv, options)
+            wall, cpu = await timed_up(which, options)
+            runs[key].append(wall)
+            busy[key].append(cpu)
+    await down(inv, options)
+    one_s, all_s = statistics.median(runs["one"]), statistics.median(runs["all"])
+    return {
+        "hosts": len(inv.hosts),
+        "rounds": args.rounds,
+        "one_s": one_s,
+        "all_s": all_s,
+        "ratio": all_s / one_s,
+        "one_runs": runs["one"],
+        "all_runs": runs["all"],
+        "cpu_busy_one": statistics.median(busy["one"]),
+        "cpu_busy_all": statistics.median(busy["all"]),
+        "cores": psutil.cpu_count(),
+    }

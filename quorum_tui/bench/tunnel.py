@@ -1,0 +1,161 @@
+"""`quorum bench tunnel`: tokens/s through the SSH tunnels and directly to the same workers.
+
+The workers are started bound to each host's address (so every path reaches the very same
+processes); the tunnels forward to that address. In interleaved rounds of one run: direct,
+the cluster file's tunnel client (OpenSSH by default), asyncssh's forward on the bring-up
+connection, and asyncssh's forward on a second connection without any session (sshd then
+leaves Nagle on, as with `ssh -N -L`). The workers are stopped afterwards (they were
+listening on the network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
+from quorum_tui.cluster.inventory import Inventory, load_inventory
+from quorum_tui.cluster.sessions import HostSession, connect
+from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.errors import QuorumError
+
+TINY_MODEL = "synthetic:layers=5"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tunnel", help="tokens/s through SSH tunnels vs direct, same workers")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--cluster", type=Path, metavar="FILE", help="the hosts to use")
+    where.add_argument("--lab", type=int, metavar="N", help="N throwaway namespace hosts (root)")
+    p.add_argument("--model", default=TINY_MODEL, help="tiny by default: the latency-bound case")
+    p.add_argument("-n", "--n-predict", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--accept-new-host-keys", action="store_true")
+    p.add_argument(
+        "--skip-nagle",
+        action="store_true",
+        help="skip the tunnels on a connection without any session",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_tunnel)
+
+
+def cmd_bench_tunnel(args: argparse.Namespace) -> int:
+    if args.lab is not None:
+        from quorum_tui.cluster.sshlab import temporary_lab
+
+        with temporary_lab(args.lab) as (lab, hosts):
+            result = asyncio.run(bench(load_inventory(lab.cluster_file(hosts)), args))
+    else:
+        result = asyncio.run(bench(load_inventory(args.cluster), args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['workers']} worker(s), {result['model']}, {args.n_predict} tokens, "
+            f"{args.rounds} round(s): tunnel ({result['tunnel_client']}) "
+            f"{result['tunnel_tps']:.1f} tokens/s, direct {result['direct_tps']:.1f} tokens/s, "
+            f"ratio {result['ratio']:.2f}"
+        )
+        print(f"asyncssh forward: {result['asyncssh_tps']:.1f} tokens/s")
+        if result["without_session_tps"] is not None:
+            print(
+                "asyncssh forward on a connection without any session (sshd keeps Nagle on): "
+                f"{result['without_session_tps']:.1f} tokens/s"
+            )
+    return 0
+
+
+async def generate(model: Path, workers: list[WorkerRef], n: int, n_layers: int) -> float:
+    from quorum_tui.cli.engine_cmds import run_job
+    from quorum_tui.engine.coordinator import Job
+
+    plan = LayerPlan.even(n_layers, workers)
+    job = Job(
+        model=str(model),
+        workers=list(plan.workers),
+        counts=list(plan.counts),
+        mode="run",
+        ctx=512,
+        prompt="Tunnels and",
+        n_predict=n,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        with contextlib.redirect_stderr(io.StringIO()):
+            await run_job(job, plan, report, out=io.StringIO())
+        return float(json.loads(report.read_text())["tokens_per_s"])
+
+
+async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
+    from quorum_tui.engine.gguf_info import inspect_model
+    from quorum_tui.models.resolve import resolve_model
+
+    model = resolve_model(args.model)
+    n_layers = inspect_model(model).n_layers
+    direct_inv = replace(inv, hosts=[replace(h, transport="direct") for h in inv.hosts])
+    options = BringUpOptions(accept_new_host_keys=args.accept_new_host_keys)
+    cluster = await bring_up(direct_inv, options)
+    tunnels: list[Tunnel] = []
+    extra_sessions: list[HostSession] = []
+    try:
+        cluster.require_all()
+        paths: dict[str, list[WorkerRef]] = {"direct": cluster.workers}
+        for client in dict.fromkeys([inv.tunnel_client, "asyncssh"]):
+            paths[client] = []
+            for r in cluster.results:
+                assert r.session is not None and r.endpoint is not None
+                ip = r.endpoint.split(":")[0]
+                if client == "openssh":
+                    tunnel = await open_openssh_tunnel(inv, r.session, r.host.rpc_port, 0, ip)
+                else:
+                    tunnel = await open_tunnel(r.session, r.host.rpc_port, remote_host=ip)
+                tunnels.append(tunnel)
+                paths[client].append(WorkerRef(r.host.name, tunnel.endpoint))
+        if not args.skip_nagle:
+            paths["without_session"] = []
+            for r in cluster.results:
+                session = await connect(direct_inv, r.host)
+                extra_sessions.append(session)
+                assert r.endpoint is not None
+                ip = r.endpoint.split(":")[0]
+                tunnel = await open_tunnel(session, r.host.rpc_port, remote_host=ip)
+                tunnels.append(tunnel)
+                paths["without_session"].append(WorkerRef(r.host.name, tunnel.endpoint))
+        runs: dict[str, list[float]] = {name: [] for name in paths}
+        await generate(model, paths["direct"], 8, n_layers)
+        for _ in range(args.rounds):
+            for name, workers in paths.items():
+                runs[name].append(await generate(model, workers, args.n_predict, n_layers))
+    finally:
+        for tunnel in tunnels:
+            await tunnel.aclose()
+        for session in extra_sessions:
+            await session.close()
+        await cluster.close()
+        with contextlib.suppress(QuorumError):
+            await down(direct_inv, options)
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    direct_tps = medians["direct"]
+    return {
+        "model": args.model,
+        "workers": len(paths["direct"]),
+        "tokens": args.n_predict,
+        "rounds": args.rounds,
+        "tunnel_client": inv.tunnel_client,
+        "tunnel_tps": medians[inv.tunnel_client],
+        "direct_tps": direct_tps,
+        "ratio": medians[inv.tunnel_client] / direct_tps if direct_tps else 0.0,
+        "asyncssh_tps": medians["asyncssh"],
+        "without_session_tps": medians.get("without_session"),
+        "runs": runs,
+    }
