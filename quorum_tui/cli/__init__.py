@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from quorum_tui import __version__
 from quorum_tui.errors import QuorumError
 
-COMMAND_GROUPS = ("engine_cmds", "demo_cmds", "bench_cmds")
+COMMAND_GROUPS = (
+    "engine_cmds",
+    "demo_cmds",
+    "bench_cmds",
+    "models_cmds",
+    "tui_cmds",
+    "chat_cmds",
+    "cluster_cmds",
+)
 """Modules under quorum_tui.cli, each with `register(subparsers)`."""
 
 
@@ -23,8 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_GROUPS:
         importlib.import_module(f"quorum_tui.cli.{name}").register(sub)
-    parser.set_defaults(func=lambda args: parser.print_help())
+    parser.set_defaults(func=open_app)
     return parser
+
+
+def open_app(args: argparse.Namespace) -> int:
+    """No subcommand: open the app."""
+    from quorum_tui.cli.tui_cmds import cmd_tui
+
+    return cmd_tui(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

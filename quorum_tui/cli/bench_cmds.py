@@ -6,7 +6,7 @@ import argparse
 import importlib
 from typing import Any
 
-BENCHES: tuple[str, ...] = ()
+BENCHES: tuple[str, ...] = ("plan", "download", "tunnel", "bringup", "tui")
 """Modules under quorum_tui.bench, each with `register(bench_subparsers)`."""
 
 
@@ -15,7 +15,10 @@ def register(sub: Any) -> None:
     bench_sub = p.add_subparsers(dest="bench", metavar="BENCH")
     for name in BENCHES:
         importlib.import_module(f"quorum_tui.bench.{name}").register(bench_sub)
-    p.set_defaults(func=lambda args: _help(p, args))
+    from quorum_tui.bench.current import add_current_args, cmd_bench_current
+
+    add_current_args(p)
+    p.set_defaults(func=lambda args: cmd_bench_current(args) if args.model else _help(p, args))
 
 
 def _help(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
-from quorum_tui.engine.plan import LayerPlan, WorkerRef, parse_split
+from quorum_tui.engine.plan import LayerPlan, WorkerRef, parse_split, plan_from_assignment
 from quorum_tui.engine.probe import ProbeResult, probe_all
 from quorum_tui.errors import QuorumError
 from quorum_tui.units import human_bytes
@@ -51,11 +51,13 @@ def register(sub: Subparsers) -> None:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="generate from a prompt through the workers")
     add_model_args(p)
     add_generation_args(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help="write a deterministic synthetic llama model (random weights)")
@@ -73,10 +75,22 @@ def register(sub: Subparsers) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a .gguf path or synthetic:layers=N,...")
+    p.add_argument(
+        "model",
+        help="a .gguf path, owner/repo:QUANT, owner/repo/file.gguf, an https URL, "
+        "or synthetic:layers=N,...",
+    )
     p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT")
     p.add_argument("--split", help="layers per stage, coordinator first: C,W1,...,Wn")
     p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
+    p.add_argument(
+        "--auto", action="store_true", help="measure the workers; the planner picks order and split"
+    )
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=Path, metavar="FILE", help="bring up these hosts' workers")
+    p.add_argument("--accept-new-host-keys", action="store_true")
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -176,6 +190,13 @@ def prepare(args: argparse.Namespace) -> tuple[Path, ModelInfo, LayerPlan]:
     path = resolve(args.model)
     info = inspect_model(path)
     workers = workers_from_args(args)
+    if getattr(args, "auto", False):
+        from quorum_tui.engine.measure import auto_plan
+
+        if args.split:
+            raise QuorumError("--auto chooses the split itself: give --auto or --split, not both")
+        plan, args.explanation = asyncio.run(auto_plan(info, workers, args.ctx))
+        return path, info, plan
     plan = plan_from_args(info, workers, args.split)
     return path, info, plan
 
@@ -213,7 +234,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"model": info.path, "ctx": args.ctx, "stages": rows, "llama": asdict(params)},
+                {
+                    "model": info.path,
+                    "ctx": args.ctx,
+                    "stages": rows,
+                    "llama": asdict(params),
+                    **_planner_json(args),
+                },
                 indent=2,
             )
         )
@@ -264,9 +291,26 @@ def make_job(args: argparse.Namespace, path: Path, plan: LayerPlan, mode: str) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "cluster", None):
+        from quorum_tui.cli.cluster_cmds import with_cluster
+
+        return asyncio.run(with_cluster(args, "run"))
     path, _, plan = prepare(args)
     job = make_job(args, path, plan, "run")
-    return asyncio.run(run_job(job, plan, args.report))
+    code = asyncio.run(run_job(job, plan, args.report))
+    explanation = getattr(args, "explanation", None)
+    if explanation is not None:
+        print(f"planner predicted {explanation.predicted_tps:.1f} tokens/s", file=sys.stderr)
+        if args.report:
+            report = json.loads(args.report.read_text())
+            report["planner"] = explanation.to_json()
+            args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return code
+
+
+def _planner_json(args: argparse.Namespace) -> dict[str, Any]:
+    explanation = getattr(args, "explanation", None)
+    return {"planner": explanation.to_json()} if explanation is not None else {}
 
 
 async def run_job(job: Any, plan: LayerPlan, report: Path | None, out: Any = None) -> int:
@@ -301,8 +345,9 @@ async def run_job(job: Any, plan: LayerPlan, report: Path | None, out: Any = Non
         raise QuorumError(await proc.failure_reason())
     realized = loaded["realized"]
     summary = build_report(plan, realized, loaded, done)
+    realized_plan, _ = plan_from_assignment(realized, plan.workers)
     print(
-        f"realized split: {plan.summary()} | {done['completion_tokens']} tokens, "
+        f"realized split: {realized_plan.summary()} | {done['completion_tokens']} tokens, "
         f"{done['tokens_per_s']:.1f} tokens/s, load {loaded['load_s']:.2f}s",
         file=sys.stderr,
     )
@@ -338,6 +383,10 @@ def build_report(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "cluster", None):
+        from quorum_tui.cli.cluster_cmds import with_cluster
+
+        return asyncio.run(with_cluster(args, "serve"))
     path, _, plan = prepare(args)
     job = make_job(args, path, plan, "serve")
     return asyncio.run(serve_job(job, plan))

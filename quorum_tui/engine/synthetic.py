@@ -16,6 +16,7 @@ import numpy as np
 from quorum_tui.errors import QuorumError
 
 DTYPES = ("f32", "f16", "q8_0")
+_SPECIALS = ("<unk>", "<s>", "</s>")
 
 _WORDS = (
     "the of and to in is was he for it with as his on be at by had are but from or have "
@@ -72,7 +73,7 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     """Tokens, scores and token types: control tokens, 256 byte tokens, then word pieces."""
     from gguf import TokenType
 
-    specials = ["<unk>", "<s>", "</s>"]
+    specials = list(_SPECIALS)
     if n_vocab < len(specials) + 256 + 1:
         raise QuorumError(f"a vocabulary needs at least 260 tokens, not {n_vocab}")
     tokens = list(specials)
@@ -180,7 +181,11 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> 
         add(f"blk.{il}.ffn_up.weight", matrix(s.n_ff, s.n_embd))
         add(f"blk.{il}.ffn_down.weight", matrix(s.n_embd, s.n_ff))
     add("output_norm.weight", ones)
-    add("output.weight", matrix(s.n_vocab, s.n_embd) * 4)
+    # Word pieces only: control and byte tokens get zero logits, so the text stays valid UTF-8
+    # and streams token by token (stray bytes make servers hold text back).
+    output = matrix(s.n_vocab, s.n_embd) * 4
+    output[: len(_SPECIALS) + 256] = 0
+    add("output.weight", output)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -1,0 +1,56 @@
+"""Where a long Markdown reply can be cut into independent pieces without changing its look.
+
+A cut goes after a blank line outside any code fence, so every piece parses on its own. The
+pane renders a long reply as several pieces so that each update re-lays out only the last one.
+"""
+
+from __future__ import annotations
+
+FENCE = "```"
+
+
+def safe_cuts(text: str) -> list[int]:
+    """Offsets just after each blank line that is outside a code fence."""
+    cuts: list[int] = []
+    in_fence = False
+    offset = 0
+    previous_blank = False
+    for line in text.splitlines(keepends=True):
+        offset += len(line)
+        stripped = line.strip()
+        if stripped.startswith(FENCE):
+            in_fence = not in_fence
+        blank = not stripped and line.endswith("\n")
+        if blank and not in_fence and not previous_blank and offset < len(text):
+            cuts.append(offset)
+        previous_blank = blank
+    return cuts
+
+
+def cut_point(text: str, start: int, limit: int) -> int | None:
+    """Where to end a piece once `text` is longer than `limit`: the first safe cut after
+    `start` at or past the limit, else the last one after `start`; None if there is none."""
+    if len(text) <= limit:
+        return None
+    later = [cut for cut in safe_cuts(text) if cut > start]
+    past = [cut for cut in later if cut >= limit]
+    if past:
+        return past[0]
+    return later[-1] if later else None
+
+
+def split_markdown(text: str, limit: int) -> list[str]:
+    """`text` in pieces of about `limit` characters (more when no cut is near), each cut safely."""
+    pieces: list[str] = []
+    begin = 0
+    last = 0
+    for cut in safe_cuts(text):
+        if cut - begin > limit and last > begin:
+            pieces.append(text[begin:last])
+            begin = last
+        last = cut
+    if len(text) - begin > limit and last > begin:
+        pieces.append(text[begin:last])
+        begin = last
+    pieces.append(text[begin:])
+    return pieces

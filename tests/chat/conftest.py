@@ -1,0 +1,17 @@
+"""One coordinator serving the tiny synthetic model, shared by the chat tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chat.served import Served, served_in_thread
+
+
+@pytest.fixture(scope="package")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    log = tmp_path_factory.mktemp("chat-coordinator") / "coordinator.log"
+    with served_in_thread(tiny_model, log) as running:
+        yield running

@@ -1,0 +1,81 @@
+"""Long replies through the pane: pieces, order, storage; and the `quorum bench tui` run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from textual.widgets import Markdown, Static
+
+from quorum_tui.bench.tui import sample_tokens, token_server
+from quorum_tui.chat.client import ReplyStats
+from quorum_tui.chat.session import reply_message
+from quorum_tui.chat.store import ConversationStore
+from quorum_tui.cli import main
+from quorum_tui.tui.chat import CHUNK_CHARS, MessageView, ReplyWriter
+from tests.chat.served import eventually
+from tests.tui.test_chat import Host, pane_of
+
+
+async def test_a_long_reply_streams_into_frozen_pieces_in_order(tmp_path: Path) -> None:
+    tokens = 1500
+    pieces = sample_tokens()
+    expected = "".join(pieces[i % len(pieces)] for i in range(tokens))
+    store = ConversationStore(tmp_path / "c.sqlite3")
+    app = Host(store)
+    with token_server() as url:
+        async with app.run_test(size=(100, 30)) as pilot:
+            pane = pane_of(app)
+            pane.set_endpoint(url, "synthetic stream")
+            pane.max_tokens, pane.request_options = tokens, {"bench_rate": 0}
+            await pane.send("a long one please")
+            await eventually(lambda: bool(app.finished))
+            await pilot.pause()
+            reply = app.query(MessageView)[-1]
+            assert reply.text == expected
+            assert len(reply.sources) >= len(expected) // (2 * CHUNK_CHARS)
+            assert not reply.query(Markdown)
+            assert len(reply.query(Static).filter(".piece")) == len(reply.sources)
+            assert app.finished[0].message.tokens == tokens
+    assert store.open(store.list()[0].id).messages[-1].text == expected
+
+
+async def test_complete_blocks_move_out_of_the_streaming_tail(tmp_path: Path) -> None:
+    app = Host(ConversationStore(tmp_path / "c.sqlite3"))
+    async with app.run_test(size=(100, 30)):
+        view = MessageView(reply_message("", ReplyStats(), "complete", None), live=True)
+        await app.query_one("#chat-log").mount(view)
+        writer = ReplyWriter(view)
+        await writer.write("# Title\n\nFirst para")
+        assert view.sources == ["# Title\n\n"] and view.tail_source == "First para"
+        await eventually(lambda: view.tail is not None and view.tail.source == "First para")
+        await writer.write("graph.\n\n```py\nx = 1\n\n")
+        assert view.sources == ["# Title\n\nFirst paragraph.\n\n"]
+        assert view.tail_source == "```py\nx = 1\n\n"
+        await writer.write("y = 2\n```\n\nEnd")
+        assert view.sources == ["# Title\n\nFirst paragraph.\n\n```py\nx = 1\n\ny = 2\n```\n\n"]
+        await writer.close()
+        assert view.text == "# Title\n\nFirst paragraph.\n\n```py\nx = 1\n\ny = 2\n```\n\nEnd"
+        await view.finish(reply_message(view.text, ReplyStats(), "complete", None))
+        assert view.tail is None and not view.query(Markdown)
+        assert view.text.endswith("End") and len(view.query(Static).filter(".piece")) == 1
+
+
+def test_bench_tui_reports_lag_and_rates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "tui", "--json", "--seconds", "0.5", "--rate", "500"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["target_rate"] == 500 and result["target_p99_ms"] == 50.0
+    idle, target, unpaced = result["phases"]
+    assert (idle["name"], target["name"], unpaced["name"]) == ("idle", "target", "unpaced")
+    assert target["tokens"] == unpaced["tokens"] == 250
+    assert target["offered_rate"] == 500 and unpaced["offered_rate"] is None
+    for phase in (idle, target, unpaced):
+        assert phase["samples"] > 0
+        assert 0 <= phase["lag_p50_ms"] <= phase["lag_p99_ms"] <= phase["lag_max_ms"]
+    assert target["received_rate"] > 0 and unpaced["received_rate"] > 0
+
+
+def test_bench_tui_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "tui", "--seconds", "0"]) == 1
+    assert "--seconds between 0.5 and 60" in capsys.readouterr().err
