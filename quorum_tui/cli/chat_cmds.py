@@ -60,7 +60,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return asyncio.run(chat(args))
 
 
-def list_conversations(store: ConversationStore, out: TextIO = sys.stdout) -> int:
+def list_conversations(store: ConversationStore, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     rows = store.list()
     if not rows:
         print("no stored conversations", file=out)

@@ -50,8 +50,9 @@ def check_port_free(host: str, port: int) -> None:
         sock.close()
 
 
-def run_worker(options: WorkerOptions, out: TextIO = sys.stdout) -> None:
+def run_worker(options: WorkerOptions, out: TextIO | None = None) -> None:
     """Serve until a signal ends the process; raise QuorumError if the server cannot start."""
+    out = out or sys.stdout
     check_numeric_host(options.host)
     check_port_free(options.host, options.port)
     from quorum_tui.engine import ggml
