@@ -7,7 +7,9 @@ such a model writes is meaningless, and everything that shows it says so.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +95,9 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
             chosen.append(piece)
         if len(chosen) == room:
             break
-    index = 0
-    while len(chosen) < room:
-        piece = f"▁w{index}"
-        index += 1
+    for piece in _pseudo_words():
+        if len(chosen) == room:
+            break
         if piece not in seen:
             seen.add(piece)
             chosen.append(piece)
@@ -104,6 +105,17 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     types += [int(TokenType.NORMAL)] * len(chosen)
     scores = [0.0] * (len(specials) + 256) + [-float(i) for i in range(len(chosen))]
     return tokens, scores, types
+
+
+def _pseudo_words() -> Iterator[str]:
+    """Pronounceable filler pieces (`▁ka`, `▁kal`, ...) for vocabularies beyond the word list."""
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    for c, v in itertools.product(consonants, vowels):
+        yield f"▁{c}{v}"
+    for c, v, e in itertools.product(consonants, vowels, consonants):
+        yield f"▁{c}{v}{e}"
+    for index in itertools.count():
+        yield f"▁w{index}"
 
 
 def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
