@@ -29,6 +29,7 @@ def register(sub: Subparsers) -> None:
     cache.add_argument("--cache", type=Path, help="tensor cache directory")
     cache.add_argument("--no-cache", action="store_true", help="turn the tensor cache off")
     p.add_argument("--log", type=Path, help="file for llama.cpp's own output")
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("probe", help="ask workers for protocol version and memory")
@@ -105,7 +106,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from quorum_tui.engine.worker import WorkerOptions, default_cache_dir, run_worker
 
     cache = None if args.no_cache else (args.cache or default_cache_dir())
-    run_worker(WorkerOptions(args.host, args.port, args.threads, cache, args.log))
+    run_worker(
+        WorkerOptions(args.host, args.port, args.threads, cache, args.log, args.exit_with_parent)
+    )
     return 1
 
 

@@ -34,6 +34,13 @@ def worker_command(
     return cmd
 
 
+def local_worker_command(
+    port: int, host: str = "127.0.0.1", threads: int = 0, cache: Path | None = None
+) -> list[str]:
+    """A worker that ends with the process that started it, so none is ever orphaned."""
+    return [*worker_command(port, host, threads, cache), "--exit-with-parent"]
+
+
 @dataclass
 class LocalWorker:
     name: str
@@ -87,7 +94,7 @@ class LocalCluster:
         log = self.log_dir / f"{name}-{port}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [*(prefix or []), *worker_command(port, threads=threads, cache=cache)],
+                [*(prefix or []), *local_worker_command(port, threads=threads, cache=cache)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -25,6 +27,7 @@ class WorkerOptions:
     threads: int = 0
     cache_dir: Path | None = None
     log_file: Path | None = None
+    exit_with_parent: bool = False
 
 
 def default_cache_dir() -> Path:
@@ -79,10 +82,24 @@ def run_worker(options: WorkerOptions, out: TextIO | None = None) -> None:
             flush=True,
         )
     _redirect_native_output(log_path)
+    if options.exit_with_parent:
+        _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     ggml.start_server(endpoint, cache, threads, devices)
     raise QuorumError(f"the RPC server on {endpoint} stopped; see {log_path}")
+
+
+def _exit_with_parent() -> None:
+    """End the worker when the process that started it is gone (it was re-parented)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _redirect_native_output(log_path: Path) -> None:

@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from quorum_tui.engine import ggml
@@ -92,3 +94,25 @@ def test_worker_on_all_interfaces_warns(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_local_workers_end_with_the_process_that_started_them(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from quorum_tui.engine.localcluster import LocalCluster\n"
+        "cluster = LocalCluster(Path(sys.argv[1]))\n"
+        "cluster.start(1)\n"
+        "print(cluster.workers[0].process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    worker = psutil.Process(int(owner.stdout.readline()))
+    assert worker.is_running()
+    owner.kill()
+    owner.wait()
+    gone, alive = psutil.wait_procs([worker], timeout=15)
+    assert gone and not alive
