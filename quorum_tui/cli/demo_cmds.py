@@ -1,4 +1,4 @@
-"""`quorum demo`: a local demo cluster of real workers and the synthetic model."""
+"""`quorum demo`: the app on a local demo cluster of real workers (or `--headless`: one run)."""
 
 from __future__ import annotations
 
@@ -11,33 +11,50 @@ from quorum_tui import paths
 from quorum_tui.engine.gguf_info import inspect_model
 from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan
+from quorum_tui.errors import QuorumError
 from quorum_tui.models.resolve import resolve_model
+from quorum_tui.tui.session import DEMO_MODEL, DEMO_WORKERS
 
-DEMO_MODEL = "synthetic:layers=8,embd=256,heads=8,vocab=1024,dtype=f16"
 DEMO_PROMPT = "Once upon a time"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="start two local workers and stream a sharded generation")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--model", default=DEMO_MODEL)
-    p.add_argument("-n", "--n-predict", type=int, default=48)
+    p = sub.add_parser("demo", help="open the app on a local demo cluster (local workers)")
+    p.add_argument("--workers", type=int, default=DEMO_WORKERS,
+                   help=f"local workers to start, 1-3 (default {DEMO_WORKERS})")  # fmt: skip
+    p.add_argument("--model", default=None,
+                   help="model spec (default: a small Hub model when online, else "
+                   f"{DEMO_MODEL}, random weights)")  # fmt: skip
+    p.add_argument("--headless", action="store_true",
+                   help="no app: start the workers, stream one generation, stop")  # fmt: skip
+    p.add_argument("-n", "--n-predict", type=int, default=48, help="tokens for --headless")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.workers <= 3:
+        raise QuorumError(f"--workers {args.workers}: the demo runs 1 to 3 local workers")
+    if args.headless:
+        return headless(args)
+    from quorum_tui.cli.tui_cmds import run_app
+    from quorum_tui.tui.app import QuorumApp
+    from quorum_tui.tui.session import Setup
+
+    run_app(QuorumApp(Setup(model=args.model, demo_workers=args.workers)))
+    return 0
+
+
+def headless(args: argparse.Namespace) -> int:
     from quorum_tui.cli.engine_cmds import run_job
     from quorum_tui.engine.coordinator import Job
 
-    path = resolve_model(args.model)
+    path = resolve_model(args.model or DEMO_MODEL)
     info = inspect_model(path)
-    print(f"model: {info.name} ({info.n_layers} layers), random weights: the text is noise",
-          file=sys.stderr)  # fmt: skip
-    with LocalCluster(paths.cache_dir() / "demo") as cluster:
+    print(f"model: {info.name} ({info.n_layers} layers)", file=sys.stderr)
+    with LocalCluster(paths.ensure(paths.data_dir() / "demo-workers")) as cluster:
         print(f"starting {args.workers} local workers...", file=sys.stderr)
         cluster.start(args.workers)
-        counts = [1, *LayerPlan.even(info.n_layers - 1, cluster.refs).counts[1:]]
-        plan = LayerPlan.from_counts(info.n_layers, counts, cluster.refs)
+        plan = LayerPlan.even(info.n_layers, cluster.refs)
         print(f"plan: {plan.summary()}", file=sys.stderr)
         job = Job(str(path), list(plan.workers), list(plan.counts), prompt=DEMO_PROMPT,
                   n_predict=args.n_predict)  # fmt: skip

@@ -1,0 +1,85 @@
+"""Apply on real local workers: a ready coordinator, the realized assignment, named failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from textual.widgets import DataTable, RichLog, Static
+
+from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.tui.app import QuorumApp
+from quorum_tui.tui.cluster_pane import ClusterPane
+from quorum_tui.tui.session import Setup
+from tests.tui.helpers import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def status_text(app: QuorumApp) -> str:
+    return str(app.query_one("#coordinator-status", Static).render())
+
+
+def realized_column(app: QuorumApp) -> list[str]:
+    table = app.query_one("#stages", DataTable)
+    return [str(table.get_cell(key, "Realized")) for key in table.rows]
+
+
+async def test_demo_apply_ready_then_a_dead_worker_is_named(tiny_model: Path) -> None:
+    app = QuorumApp(Setup(model=str(tiny_model), demo_workers=2))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.plan is not None and len(app.plan.workers) == 2)
+        await wait_until(pilot, lambda: all(h.state == "ok" for h in app.hosts[1:]))
+        assert app.cluster is not None
+        pids = [w.process.pid for w in app.cluster.workers]
+        await pilot.press("2", "right", "a")
+        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
+        assert app.coordinator_state == "serving", app.errors
+        assert app.plan is not None and app.plan.counts == (1, 2, 2)
+        assert realized_column(app) == ["0", "1-2", "3-4+out"]
+        assert "ready" in status_text(app)
+        async with httpx.AsyncClient() as client:
+            plan = (await client.get(app.url.removesuffix("/v1") + "/quorum/plan")).json()
+        assert plan["realized"] == [0, 1, 1, 2, 2, 2]
+
+        app.cluster.workers[1].kill(signal.SIGKILL)
+        await wait_until(pilot, lambda: app.hosts[2].state == "down")
+        assert any("worker w2" in e for e in app.errors)
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.HTTPError):
+                await client.post(f"{app.url}/completions", json={"prompt": "hi", "max_tokens": 4},
+                                  timeout=30)  # fmt: skip
+        await wait_until(pilot, lambda: app.coordinator_state == "error")
+        assert "worker w2" in status_text(app) and "unreachable" in status_text(app)
+        assert app.url is None
+        await pilot.press("1")
+        await pilot.pause()
+        assert app.query_one(ClusterPane).display
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_apply_with_an_unreachable_worker_names_it(
+    tiny_model: Path, local_cluster: LocalCluster
+) -> None:
+    local_cluster.start(1)
+    nobody = WorkerRef("ghost", f"127.0.0.1:{free_port()}")
+    app = QuorumApp(Setup(model=str(tiny_model), workers=[*local_cluster.refs, nobody]))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.plan is not None)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: app.coordinator_state == "error")
+        assert "worker ghost" in status_text(app)
+        assert "unreachable" in status_text(app)
+        await wait_until(pilot, lambda: app.hosts[2].state == "unreachable")
+        assert app.hosts[1].state == "ok"
+        await pilot.press("1", "l")
+        log = app.query_one("#log", RichLog)
+        assert log.display
+        assert any("worker ghost" in line.text for line in log.lines)
+        assert app.is_running
