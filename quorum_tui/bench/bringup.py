@@ -9,7 +9,6 @@ this machine's CPUs, so a CPU-bound result measures the machine, not the paralle
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import time
@@ -18,15 +17,14 @@ from typing import Any
 
 import psutil
 
+from quorum_tui.bench.hosts import add_host_args, run_on_hosts
 from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
-from quorum_tui.cluster.inventory import Inventory, load_inventory
+from quorum_tui.cluster.inventory import Inventory
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bringup", help="bring-up wall time of all hosts vs one host")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--cluster", metavar="FILE", help="the hosts to use")
-    where.add_argument("--lab", type=int, metavar="N", help="N throwaway namespace hosts (root)")
+    add_host_args(p)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--accept-new-host-keys", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -34,13 +32,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_bench_bringup(args: argparse.Namespace) -> int:
-    if args.lab is not None:
-        from quorum_tui.cluster.sshlab import temporary_lab
-
-        with temporary_lab(args.lab) as (lab, hosts):
-            result = asyncio.run(bench(load_inventory(lab.cluster_file(hosts)), args))
-    else:
-        result = asyncio.run(bench(load_inventory(args.cluster), args))
+    result = run_on_hosts(args, bench)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -11,7 +11,6 @@ listening on the network).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -21,8 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from quorum_tui.bench.hosts import add_host_args, run_on_hosts
 from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
-from quorum_tui.cluster.inventory import Inventory, load_inventory
+from quorum_tui.cluster.inventory import Inventory
 from quorum_tui.cluster.sessions import HostSession, connect
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
@@ -33,9 +33,7 @@ TINY_MODEL = "synthetic:layers=5"
 
 def register(sub: Any) -> None:
     p = sub.add_parser("tunnel", help="tokens/s through SSH tunnels vs direct, same workers")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--cluster", type=Path, metavar="FILE", help="the hosts to use")
-    where.add_argument("--lab", type=int, metavar="N", help="N throwaway namespace hosts (root)")
+    add_host_args(p)
     p.add_argument("--model", default=TINY_MODEL, help="tiny by default: the latency-bound case")
     p.add_argument("-n", "--n-predict", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
@@ -50,13 +48,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_bench_tunnel(args: argparse.Namespace) -> int:
-    if args.lab is not None:
-        from quorum_tui.cluster.sshlab import temporary_lab
-
-        with temporary_lab(args.lab) as (lab, hosts):
-            result = asyncio.run(bench(load_inventory(lab.cluster_file(hosts)), args))
-    else:
-        result = asyncio.run(bench(load_inventory(args.cluster), args))
+    result = run_on_hosts(args, bench)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -47,6 +47,8 @@ from quorum_tui.engine.probe import (
     CMD_HELLO,
     HELLO_REPLY_BYTES,
     HELLO_REQUEST_BYTES,
+    ConnectionClosed,
+    call,
 )
 from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
@@ -92,22 +94,10 @@ def _connect(endpoint: str, timeout: float) -> socket.socket:
 
 
 def _request(sock: socket.socket, cmd: int, payload: bytes, reply: int) -> bytes:
-    sock.sendall(struct.pack("<BQ", cmd, len(payload)) + payload)
-    header = _recv(sock, 8)
-    (size,) = struct.unpack("<Q", header)
-    if size != reply:
-        raise QuorumError(f"unexpected reply of {size} bytes")
-    return _recv(sock, size)
-
-
-def _recv(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise QuorumError("the worker closed the connection")
-        data += chunk
-    return bytes(data)
+    try:
+        return call(sock, cmd, payload, reply)
+    except ConnectionClosed as exc:
+        raise QuorumError(f"the worker closed the connection ({exc})") from None
 
 
 def link_rtt(endpoint: str, samples: int = 20, timeout: float = 5.0) -> float:

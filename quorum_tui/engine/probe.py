@@ -69,8 +69,8 @@ class ProbeResult:
         return data
 
 
-class _Closed(Exception):
-    pass
+class ConnectionClosed(Exception):
+    """The worker closed the connection or answered with a frame of the wrong size."""
 
 
 def compatible(version: tuple[int, int, int], ours: tuple[int, int, int] = PROTOCOL) -> bool:
@@ -91,7 +91,7 @@ def probe(endpoint: str, timeout: float = 3.0) -> ProbeResult:
         sock.settimeout(timeout)
         started = time.perf_counter()
         try:
-            reply = _call(sock, CMD_HELLO, bytes(HELLO_REQUEST_BYTES), HELLO_REPLY_BYTES)
+            reply = call(sock, CMD_HELLO, bytes(HELLO_REQUEST_BYTES), HELLO_REPLY_BYTES)
         except TimeoutError:
             return ProbeResult(
                 endpoint,
@@ -99,7 +99,7 @@ def probe(endpoint: str, timeout: float = 3.0) -> ProbeResult:
                 f"accepted the connection but did not answer within {timeout:g}s: "
                 "it is serving another coordinator",
             )
-        except _Closed:
+        except ConnectionClosed:
             return ProbeResult(
                 endpoint,
                 "incompatible",
@@ -115,11 +115,11 @@ def probe(endpoint: str, timeout: float = 3.0) -> ProbeResult:
                 f"speaks RPC protocol {theirs} but this Quorum speaks {ours}",
                 version,
             )
-        (count,) = struct.unpack("<I", _call(sock, CMD_DEVICE_COUNT, b"", 4))
+        (count,) = struct.unpack("<I", call(sock, CMD_DEVICE_COUNT, b"", 4))
         devices = []
         for index in range(count):
             free, total = struct.unpack(
-                "<QQ", _call(sock, CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), 16)
+                "<QQ", call(sock, CMD_GET_DEVICE_MEMORY, struct.pack("<I", index), 16)
             )
             devices.append(DeviceMemory(free, total))
         return ProbeResult(
@@ -127,7 +127,7 @@ def probe(endpoint: str, timeout: float = 3.0) -> ProbeResult:
         )
     except TimeoutError:
         return ProbeResult(endpoint, "busy", f"stopped answering within {timeout:g}s")
-    except (_Closed, OSError) as exc:
+    except (ConnectionClosed, OSError) as exc:
         return ProbeResult(endpoint, "unreachable", f"connection lost during probe ({exc})")
     finally:
         sock.close()
@@ -142,20 +142,21 @@ async def probe_all(endpoints: list[str], timeout: float = 3.0) -> list[ProbeRes
     return list(await asyncio.gather(*(probe_async(e, timeout) for e in endpoints)))
 
 
-def _call(sock: socket.socket, cmd: int, payload: bytes, reply_size: int) -> bytes:
+def call(sock: socket.socket, cmd: int, payload: bytes, reply_size: int) -> bytes:
+    """Send one request frame and read its reply of `reply_size` bytes."""
     sock.sendall(struct.pack("<BQ", cmd, len(payload)) + payload)
-    (size,) = struct.unpack("<Q", _recv(sock, 8))
+    (size,) = struct.unpack("<Q", recv_exact(sock, 8))
     if size != reply_size:
-        raise _Closed(f"reply of {size} bytes, expected {reply_size}")
-    return _recv(sock, size)
+        raise ConnectionClosed(f"reply of {size} bytes, expected {reply_size}")
+    return recv_exact(sock, size)
 
 
-def _recv(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise _Closed("connection closed")
+            raise ConnectionClosed("connection closed")
         data += chunk
     return bytes(data)
 

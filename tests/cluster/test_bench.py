@@ -1,0 +1,31 @@
+"""The SSH benchmarks run end to end on throwaway namespace hosts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def bench(*args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "quorum_tui", "bench", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_bench_tunnel_reports_both_paths_side_by_side() -> None:
+    result = bench("tunnel", "--lab", "2", "--rounds", "1", "-n", "8")
+    assert result["tunnel_tps"] > 0 and result["direct_tps"] > 0  # type: ignore[operator]
+    assert result["ratio"] == result["tunnel_tps"] / result["direct_tps"]  # type: ignore[operator]
+
+
+def test_bench_bringup_compares_all_hosts_with_one() -> None:
+    result = bench("bringup", "--lab", "2", "--rounds", "1")
+    assert result["hosts"] == 2
+    assert result["all_s"] > 0 and result["one_s"] > 0  # type: ignore[operator]
