@@ -32,6 +32,14 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 $(PY):
+	@missing=""; \
+	command -v cc >/dev/null && command -v c++ >/dev/null || missing="$$missing build-essential"; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing what building llama.cpp needs:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
