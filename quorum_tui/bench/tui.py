@@ -172,27 +172,13 @@ def keeps_up(phase: Phase) -> bool:
 
 
 async def drive_pane(url: str, rate: int, seconds: float) -> list[Phase]:
-    from textual.app import App, ComposeResult
-
     from quorum_tui.chat.store import ConversationStore
+    from quorum_tui.tui.benchhost import ChatBenchApp
     from quorum_tui.tui.chat import ChatPane
-
-    finished: asyncio.Queue[ChatPane.ReplyFinished] = asyncio.Queue()
-
-    class BenchApp(App[None]):
-        def __init__(self, store: ConversationStore) -> None:
-            super().__init__()
-            self.store = store
-
-        def compose(self) -> ComposeResult:
-            yield ChatPane(self.store)
-
-        def on_chat_pane_reply_finished(self, event: ChatPane.ReplyFinished) -> None:
-            finished.put_nowait(event)
 
     phases: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix="quorum-bench-tui-") as tmp:
-        app = BenchApp(ConversationStore(Path(tmp) / "bench.sqlite3"))
+        app = ChatBenchApp(ConversationStore(Path(tmp) / "bench.sqlite3"))
         async with app.run_test(headless=True, size=(120, 40)) as pilot:
             pane = app.query_one(ChatPane)
             pane.set_endpoint(url, "bench: synthetic token stream")
@@ -225,7 +211,7 @@ async def drive_pane(url: str, rate: int, seconds: float) -> list[Phase]:
                 probe.take()
                 cpu, wall = time.process_time(), time.perf_counter()
                 await pane.send(f"stream {tokens} tokens")
-                event = await asyncio.wait_for(finished.get(), seconds * 20 + 30)
+                event = await asyncio.wait_for(app.finished.get(), seconds * 20 + 30)
                 done_at = time.perf_counter()
                 busy = 100 * (time.process_time() - cpu) / (done_at - wall)
                 samples = probe.take()
