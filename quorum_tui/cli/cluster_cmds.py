@@ -186,15 +186,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(_up(inv, args))
 
 
+def print_results(cluster: Any, as_json: bool) -> None:
+    """Every host's state: JSON, or the human summary."""
+    if as_json:
+        print(json.dumps([r.to_json() for r in cluster.results], indent=2), flush=True)
+    else:
+        print_summary(cluster, sys.stdout)
+        sys.stdout.flush()
+
+
 async def _up(inv: Any, args: argparse.Namespace) -> int:
     options = options_from_args(args)
     cluster = await bring_up(inv, options)
     try:
-        if args.json:
-            print(json.dumps([r.to_json() for r in cluster.results], indent=2), flush=True)
-        else:
-            print_summary(cluster, sys.stdout)
-            sys.stdout.flush()
+        print_results(cluster, args.json)
         if not cluster.up:
             raise QuorumError("no host came up")
         if not args.no_wait:
@@ -229,11 +234,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 async def _check(inv: Any, args: argparse.Namespace) -> int:
     cluster = await check(inv, options_from_args(args, quiet=args.json), args.names or None)
     try:
-        if args.json:
-            print(json.dumps([r.to_json() for r in cluster.results], indent=2), flush=True)
-        else:
-            print_summary(cluster, sys.stdout)
-            sys.stdout.flush()
+        print_results(cluster, args.json)
         if args.watch:
             rounds = 0
             async for samples in cluster.telemetry(args.interval):

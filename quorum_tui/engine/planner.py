@@ -354,15 +354,19 @@ Choice = tuple[float, list[int], list[int]]
 """(per-token seconds, counts coordinator first, indices of the workers used in order)."""
 
 
+def _local_choice(cost: CostModel, coord: StageProfile, n: int) -> Choice | None:
+    """The whole model on the coordinator, when it fits there."""
+    if not cost.fits(coord, 0, n, True, True):
+        return None
+    return (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
+
+
 def solve_knapsack(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
     cost = CostModel(info, ctx)
     n = info.n_layers
     coord = profile.coordinator
     workers = profile.workers
-    best: Choice | None = None
-
-    if cost.fits(coord, 0, n, True, True):
-        best = (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
+    best = _local_choice(cost, coord, n)
     coord_s = [
         coord.fixed_s + cost.compute_s(coord, c0, False) if cost.fits(coord, 0, c0, True, False)
         else INF
@@ -427,9 +431,7 @@ def solve_exact(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | 
     n = info.n_layers
     coord = profile.coordinator
     workers = profile.workers
-    best: Choice | None = None
-    if cost.fits(coord, 0, n, True, True):
-        best = (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
+    best = _local_choice(cost, coord, n)
     # state: (frozen set of used workers as a bitmask, next layer) -> (time, counts, order)
     frontier: dict[tuple[int, int], tuple[float, list[int], list[int]]] = {}
     for c0 in range(n):
