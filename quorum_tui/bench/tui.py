@@ -2,7 +2,7 @@
 
 A token server in a child process (so its pacing does not share our event loop) speaks the
 OpenAI streaming format at a fixed rate. The Chat pane runs headless in a real Textual app and
-streams each reply through its normal path (httpx, MarkdownStream, anchored scroll). A timer on
+streams each reply through its normal path (httpx, MarkdownPieces, anchored scroll). A timer on
 the app's event loop records its own lateness. Measured side by side in one run: the idle loop,
 the target rate (2,000 tokens/s by default) and an unpaced stream (as fast as the pane reads).
 """
@@ -182,6 +182,7 @@ async def drive_pane(url: str, rate: int, seconds: float) -> list[Phase]:
         async with app.run_test(headless=True, size=(120, 40)) as pilot:
             pane = app.query_one(ChatPane)
             pane.set_endpoint(url, "bench: synthetic token stream")
+            await asyncio.wait_for(app.settled.wait(), 30)
             probe = LagProbe()
             probe.start()
             cpu, wall = time.process_time(), time.perf_counter()

@@ -1,16 +1,21 @@
 """Where a long Markdown reply can be cut into independent pieces without changing its look.
 
-A cut goes after a blank line outside any code fence, so every piece parses on its own. The
-pane renders a long reply as several pieces so that each update re-lays out only the last one.
+A cut goes after a blank line outside any code fence, before a line that cannot continue a
+list (no indent, no list marker), so every piece parses on its own and pieces rendered one
+after another look like the whole. The pane renders a long reply as several pieces so that
+each update renders only the newest text.
 """
 
 from __future__ import annotations
 
 FENCE = "```"
+CONTINUES = frozenset(" \t-*+>0123456789")
+"""How a line may begin that could continue the block above it (a list, a quote, indented code)."""
 
 
 def safe_cuts(text: str) -> list[int]:
-    """Offsets just after each blank line that is outside a code fence."""
+    """Offsets just after each blank line that is outside a code fence and is followed by the
+    start of a line that cannot continue the block above it."""
     cuts: list[int] = []
     in_fence = False
     offset = 0
@@ -21,7 +26,13 @@ def safe_cuts(text: str) -> list[int]:
         if stripped.startswith(FENCE):
             in_fence = not in_fence
         blank = not stripped and line.endswith("\n")
-        if blank and not in_fence and not previous_blank and offset < len(text):
+        if (
+            blank
+            and not in_fence
+            and not previous_blank
+            and offset < len(text)
+            and text[offset] not in CONTINUES
+        ):
             cuts.append(offset)
         previous_blank = blank
     return cuts

@@ -23,6 +23,7 @@ from quorum_tui.tui import messages as msg
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.commands import QuorumCommands
 from quorum_tui.tui.dialogs import ConfirmDialog, HelpScreen
+from quorum_tui.tui.heap import freeze_startup_heap
 from quorum_tui.tui.hosts import COORDINATOR_HOST, HostStatus, LocalSampler, local_free, probe_host
 from quorum_tui.tui.keymap import keymap_path, load_keymap, unknown_ids
 from quorum_tui.tui.layermap import LayerMap
@@ -130,6 +131,7 @@ class QuorumApp(SshActions, ModelActions):
         self.show_plan()
         self.set_coordinator_status()
         self.focus_tab("cluster")
+        self.call_after_refresh(freeze_startup_heap)
         if self.setup.model:
             self.load_model(self.setup.model)
         elif self.setup.demo_workers:

@@ -7,15 +7,13 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
-from rich.markdown import Markdown as RichMarkdown
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
 from textual.screen import ModalScreen
-from textual.widgets import Input, Markdown, OptionList, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
@@ -24,6 +22,7 @@ from quorum_tui.chat.client import ChatClient, ChatError, ReplyStats, ReplyStrea
 from quorum_tui.chat.session import ChatSession, describe_reply, reply_message
 from quorum_tui.chat.store import Conversation, ConversationInfo, ConversationStore, Message
 from quorum_tui.errors import QuorumError
+from quorum_tui.tui.markdown_pieces import MarkdownPieces
 
 NO_MODEL = "No model is running: Apply a plan on the Layers screen."
 LIVE_EVERY = 0.25
@@ -33,18 +32,13 @@ FLUSH_EVERY = 0.1
 """Seconds between Markdown updates while a reply streams: tokens in between are batched."""
 
 
-def frozen_piece(text: str) -> Static:
-    """Finished Markdown as one widget (Rich's renderer) instead of one widget per block."""
-    return Static(RichMarkdown(text), classes="piece")
-
-
 class MessageView(Vertical, can_focus=True):
     """One message: a header line (who, timings, plan) and its text.
 
-    Finished Markdown is shown in frozen pieces of up to CHUNK_CHARS, one Static each (Rich's
-    renderer). While a reply streams, the block still being written is a Textual Markdown fed
-    by a MarkdownStream; each time blocks complete they move into the last frozen piece, so an
-    update costs the same at the start of a long reply as at its end.
+    The text is one MarkdownPieces: finished Markdown in frozen pieces of up to CHUNK_CHARS,
+    each rendered once, and while a reply streams the block still being written as its tail.
+    Each time blocks complete they move out of the tail into a new piece, so an update costs
+    the same at the start of a long reply as at its end.
     """
 
     DEFAULT_CSS = """
@@ -53,8 +47,6 @@ class MessageView(Vertical, can_focus=True):
     MessageView .message-meta { color: $text-muted; height: auto; }
     MessageView .message-meta.user { color: $accent; }
     MessageView .message-meta.stopped, MessageView .message-meta.error { color: $warning; }
-    MessageView Markdown { margin: 0; padding: 0; }
-    MessageView .piece { height: auto; }
     """
 
     def __init__(self, message: Message, *, live: bool = False) -> None:
@@ -62,21 +54,27 @@ class MessageView(Vertical, can_focus=True):
         self.message = message
         self.live = live
         self.meta = Static(self._meta_text(), classes=f"message-meta {message.role}", markup=False)
-        self.sources: list[str] = [] if live else split_markdown(message.text, CHUNK_CHARS)
-        self.pieces = [frozen_piece(source) for source in self.sources]
-        self.tail: Markdown | None = Markdown() if live else None
-        self.tail_source = ""
+        sources = [] if live else split_markdown(message.text, CHUNK_CHARS)
+        self.body = MarkdownPieces(sources)
 
     def compose(self) -> ComposeResult:
         yield self.meta
-        yield from self.pieces
-        if self.tail is not None:
-            yield self.tail
+        yield self.body
 
     @property
     def text(self) -> str:
         """The text shown (the reply so far while it streams)."""
-        return "".join(self.sources) + self.tail_source
+        return self.body.text
+
+    @property
+    def sources(self) -> list[str]:
+        """The frozen pieces' Markdown."""
+        return self.body.sources
+
+    @property
+    def tail_source(self) -> str:
+        """The block still being written."""
+        return self.body.tail
 
     def _meta_text(self) -> str:
         if self.message.role == "user":
@@ -95,63 +93,24 @@ class MessageView(Vertical, can_focus=True):
             parts.append(f"first token {stats.ttft_s:.2f} s")
         self.meta.update("Model · streaming · " + " · ".join(parts))
 
-    async def freeze(self, done: str) -> None:
-        """Add complete blocks to the last frozen piece, or start a new piece when it is full."""
-        if self.sources and len(self.sources[-1]) + len(done) <= CHUNK_CHARS:
-            self.sources[-1] += done
-            self.pieces[-1].update(RichMarkdown(self.sources[-1]))
-            return
-        parts = split_markdown(done, CHUNK_CHARS)
-        pieces = [frozen_piece(part) for part in parts]
-        self.sources.extend(parts)
-        self.pieces.extend(pieces)
-        if self.tail is not None:
-            await self.mount_all(pieces, before=self.tail)
-        else:
-            await self.mount_all(pieces)
+    def write(self, text: str) -> None:
+        """Add streamed text: blocks it completes are frozen, the open block is the tail."""
+        candidate = self.body.tail + text
+        cuts = safe_cuts(candidate)
+        if cuts:
+            self.body.append(split_markdown(candidate[: cuts[-1]], CHUNK_CHARS))
+            candidate = candidate[cuts[-1] :]
+        self.body.set_tail(candidate)
 
-    async def finish(self, message: Message) -> None:
+    def finish(self, message: Message) -> None:
         """Freeze what is left and show the final timings (complete, stopped or error)."""
         self.message = message
         self.live = False
         self.meta.add_class(message.status)
-        tail, rest = self.tail, self.tail_source
-        self.tail, self.tail_source = None, ""
-        if rest:
-            await self.freeze(rest)
-        if tail is not None:
-            await tail.remove()
+        rest = self.body.tail
+        self.body.set_tail("")
+        self.body.append([rest])
         self.meta.update(self._meta_text())
-
-
-class ReplyWriter:
-    """Streams text into a MessageView: the open block into its tail, complete ones frozen."""
-
-    def __init__(self, view: MessageView) -> None:
-        assert view.tail is not None
-        self.view = view
-        self.tail = view.tail
-        self.stream: MarkdownStream | None = None
-
-    async def write(self, text: str) -> None:
-        candidate = self.view.tail_source + text
-        cuts = safe_cuts(candidate)
-        if not cuts:
-            self.view.tail_source = candidate
-            if self.stream is None:
-                self.stream = Markdown.get_stream(self.tail)
-            await self.stream.write(text)
-            return
-        done, rest = candidate[: cuts[-1]], candidate[cuts[-1] :]
-        await self.close()
-        await self.view.freeze(done)
-        self.view.tail_source = rest
-        await self.tail.update(rest)
-
-    async def close(self) -> None:
-        if self.stream is not None:
-            stream, self.stream = self.stream, None
-            await stream.stop()
 
 
 class ChatNotice(Static):
@@ -274,7 +233,7 @@ class ChatPane(Vertical):
     ChatPane { height: 1fr; }
     ChatPane #chat-endpoint { height: auto; color: $text-muted; padding: 0 1; }
     ChatPane #chat-endpoint.down { color: $warning; }
-    ChatPane #chat-log { height: 1fr; }
+    ChatPane #chat-log { height: 1fr; scrollbar-gutter: stable; }
     ChatPane #chat-input { margin-top: 0; }
     """
 
@@ -413,7 +372,6 @@ class ChatPane(Vertical):
             session.history(), max_tokens=self.max_tokens, extra=dict(self.request_options)
         )
         self.reply = reply
-        writer = ReplyWriter(view)
         status, error = "complete", None
         self._streaming = True
         pending: list[str] = []
@@ -429,7 +387,7 @@ class ChatPane(Vertical):
                 if now - shown >= LIVE_EVERY:
                     view.show_live(reply.stats)
                     shown = now
-                await writer.write("".join(pending))
+                view.write("".join(pending))
                 pending.clear()
                 flushed = time.monotonic()
         except ChatError as exc:
@@ -443,8 +401,7 @@ class ChatPane(Vertical):
         finally:
             self._streaming = False
             with contextlib.suppress(Exception):
-                await writer.write("".join(pending))
-                await writer.close()
+                view.write("".join(pending))
         await self._finish(session, view, reply, status, plan, error)
 
     async def _finish(
@@ -466,7 +423,7 @@ class ChatPane(Vertical):
                 session.messages.append(message)
                 await self._notice(f"This reply is not being kept: {exc}")
         if view.is_attached:
-            await view.finish(message)
+            view.finish(message)
             if error:
                 await self._notice(error)
         self.post_message(self.ReplyFinished(message, error))

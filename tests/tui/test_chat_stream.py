@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from textual.widgets import Markdown, Static
 
 from quorum_tui.bench.tui import sample_tokens, token_server
 from quorum_tui.chat.client import ReplyStats
 from quorum_tui.chat.session import reply_message
 from quorum_tui.chat.store import ConversationStore
 from quorum_tui.cli import main
-from quorum_tui.tui.chat import CHUNK_CHARS, MessageView, ReplyWriter
+from quorum_tui.tui.chat import CHUNK_CHARS, MessageView
+from quorum_tui.tui.markdown_pieces import MarkdownPieces
 from tests.chat.served import eventually
 from tests.tui.test_chat import Host, pane_of
 
@@ -35,31 +35,35 @@ async def test_a_long_reply_streams_into_frozen_pieces_in_order(tmp_path: Path) 
             reply = app.query(MessageView)[-1]
             assert reply.text == expected
             assert len(reply.sources) >= len(expected) // (2 * CHUNK_CHARS)
-            assert not reply.query(Markdown)
-            assert len(reply.query(Static).filter(".piece")) == len(reply.sources)
+            assert reply.tail_source == ""
+            assert len(reply.query(MarkdownPieces)) == 1
             assert app.finished[0].message.tokens == tokens
     assert store.open(store.list()[0].id).messages[-1].text == expected
 
 
 async def test_complete_blocks_move_out_of_the_streaming_tail(tmp_path: Path) -> None:
     app = Host(ConversationStore(tmp_path / "c.sqlite3"))
-    async with app.run_test(size=(100, 30)):
+    async with app.run_test(size=(100, 30)) as pilot:
         view = MessageView(reply_message("", ReplyStats(), "complete", None), live=True)
         await app.query_one("#chat-log").mount(view)
-        writer = ReplyWriter(view)
-        await writer.write("# Title\n\nFirst para")
+        view.write("# Title\n\nFirst para")
         assert view.sources == ["# Title\n\n"] and view.tail_source == "First para"
-        await eventually(lambda: view.tail is not None and view.tail.source == "First para")
-        await writer.write("graph.\n\n```py\nx = 1\n\n")
-        assert view.sources == ["# Title\n\nFirst paragraph.\n\n"]
+        await pilot.pause()
+        assert "First para" in shown_text(view.body)
+        view.write("graph.\n\n```py\nx = 1\n\n")
+        assert view.sources == ["# Title\n\n", "First paragraph.\n\n"]
         assert view.tail_source == "```py\nx = 1\n\n"
-        await writer.write("y = 2\n```\n\nEnd")
-        assert view.sources == ["# Title\n\nFirst paragraph.\n\n```py\nx = 1\n\ny = 2\n```\n\n"]
-        await writer.close()
+        view.write("y = 2\n```\n\nEnd")
+        assert view.sources[-1] == "```py\nx = 1\n\ny = 2\n```\n\n"
         assert view.text == "# Title\n\nFirst paragraph.\n\n```py\nx = 1\n\ny = 2\n```\n\nEnd"
-        await view.finish(reply_message(view.text, ReplyStats(), "complete", None))
-        assert view.tail is None and not view.query(Markdown)
-        assert view.text.endswith("End") and len(view.query(Static).filter(".piece")) == 1
+        view.finish(reply_message(view.text, ReplyStats(), "complete", None))
+        assert view.tail_source == "" and view.sources[-1] == "End"
+        await pilot.pause()
+        assert shown_text(view.body).splitlines()[-1].strip() == "End"
+
+
+def shown_text(pieces: MarkdownPieces) -> str:
+    return "\n".join(line.text for line in pieces.lines(pieces.content_size.width))
 
 
 def test_bench_tui_reports_lag_and_rates(capsys: pytest.CaptureFixture[str]) -> None:
