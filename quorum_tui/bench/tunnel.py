@@ -4,13 +4,18 @@ The workers are started bound to each host's address (so every path reaches the 
 processes); the tunnels forward to that address. In interleaved rounds of one run: direct,
 the cluster file's tunnel client (OpenSSH by default), asyncssh's forward on the bring-up
 connection, and asyncssh's forward on a second connection without any session (sshd then
-leaves Nagle on, as with `ssh -N -L`). The workers are stopped afterwards (they were
-listening on the network).
+leaves Nagle on, as with `ssh -N -L`). Each round runs every path once, starting from a
+different one each time; the ratio is the median of the rounds' own tunnel/direct ratios, so
+a change in the machine's load between rounds does not move it. The round trip of each path
+(the median of small RPC calls on one connection) is reported too: it is what a tunnel adds
+to every token, once per worker. The workers are stopped afterwards (they were listening on
+the network).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -25,6 +30,7 @@ from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
 from quorum_tui.cluster.inventory import Inventory
 from quorum_tui.cluster.sessions import HostSession, connect
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
+from quorum_tui.engine.measure import link_rtt
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.errors import QuorumError
 
@@ -35,8 +41,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("tunnel", help="tokens/s through SSH tunnels vs direct, same workers")
     add_host_args(p)
     p.add_argument("--model", default=TINY_MODEL, help="tiny by default: the latency-bound case")
-    p.add_argument("-n", "--n-predict", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("-n", "--n-predict", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--accept-new-host-keys", action="store_true")
     p.add_argument(
         "--skip-nagle",
@@ -56,8 +62,10 @@ def cmd_bench_tunnel(args: argparse.Namespace) -> int:
             f"{result['workers']} worker(s), {result['model']}, {args.n_predict} tokens, "
             f"{args.rounds} round(s): tunnel ({result['tunnel_client']}) "
             f"{result['tunnel_tps']:.1f} tokens/s, direct {result['direct_tps']:.1f} tokens/s, "
-            f"ratio {result['ratio']:.2f}"
+            f"ratio {result['ratio']:.2f} (median of the rounds' own ratios)"
         )
+        rtts = ", ".join(f"{name} {us:.0f} us" for name, us in result["rtt_us"].items())
+        print(f"round trip to the first worker: {rtts}")
         print(f"asyncssh forward: {result['asyncssh_tps']:.1f} tokens/s")
         if result["without_session_tps"] is not None:
             print(
@@ -123,11 +131,16 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
                 tunnel = await open_tunnel(session, r.host.rpc_port, remote_host=ip)
                 tunnels.append(tunnel)
                 paths["without_session"].append(WorkerRef(r.host.name, tunnel.endpoint))
+        rtt_us = {
+            name: await asyncio.to_thread(link_rtt, workers[0].endpoint, 400) * 1e6
+            for name, workers in paths.items()
+        }
         runs: dict[str, list[float]] = {name: [] for name in paths}
+        names = list(paths)
         await generate(model, paths["direct"], 8, n_layers)
-        for _ in range(args.rounds):
-            for name, workers in paths.items():
-                runs[name].append(await generate(model, workers, args.n_predict, n_layers))
+        for round_ in range(args.rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                runs[name].append(await generate(model, paths[name], args.n_predict, n_layers))
     finally:
         for tunnel in tunnels:
             await tunnel.aclose()
@@ -138,6 +151,11 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
             await down(direct_inv, options)
     medians = {name: statistics.median(values) for name, values in runs.items()}
     direct_tps = medians["direct"]
+    ratios = [
+        tunnel / direct
+        for tunnel, direct in zip(runs[inv.tunnel_client], runs["direct"], strict=True)
+        if direct
+    ]
     return {
         "model": args.model,
         "workers": len(paths["direct"]),
@@ -146,7 +164,9 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
         "tunnel_client": inv.tunnel_client,
         "tunnel_tps": medians[inv.tunnel_client],
         "direct_tps": direct_tps,
-        "ratio": medians[inv.tunnel_client] / direct_tps if direct_tps else 0.0,
+        "ratio": statistics.median(ratios) if ratios else 0.0,
+        "round_ratios": ratios,
+        "rtt_us": rtt_us,
         "asyncssh_tps": medians["asyncssh"],
         "without_session_tps": medians.get("without_session"),
         "runs": runs,

@@ -23,6 +23,10 @@ def test_bench_tunnel_reports_both_paths_side_by_side() -> None:
     result = bench("tunnel", "--lab", "2", "--rounds", "1", "-n", "8")
     assert result["tunnel_tps"] > 0 and result["direct_tps"] > 0  # type: ignore[operator]
     assert result["ratio"] == result["tunnel_tps"] / result["direct_tps"]  # type: ignore[operator]
+    assert result["round_ratios"] == [result["ratio"]]
+    rtt = result["rtt_us"]
+    assert isinstance(rtt, dict) and set(rtt) == {"direct", "openssh", "asyncssh", "without_session"}
+    assert all(us > 0 for us in rtt.values())
 
 
 def test_bench_bringup_compares_all_hosts_with_one() -> None:
