@@ -91,6 +91,8 @@ class MarkdownPieces(Widget):
 
     def lines(self, width: int) -> list[Strip]:
         """Everything rendered at `width` cells in the widget's current style."""
+        if width <= 0:
+            return []
         if self._style is None:
             self._style = self.rich_style
         key = (width, self._style)
