@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from quorum_tui.engine.measure import PROMPT, Trial, run_trials
@@ -14,11 +15,15 @@ from quorum_tui.errors import QuorumError
 
 def add_current_args(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Without BENCH: time your own plan (--model with --worker/--split): tokens/s and time "
-        "to first token. With BENCH: that benchmark."
+        "Without BENCH: time your own plan (--model with --worker or --cluster, and --split): "
+        "tokens/s and time to first token. With BENCH: that benchmark."
     )
     p.add_argument("--model", help="a .gguf path or synthetic:layers=N,... (your plan's model)")
     p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument(
+        "--cluster", type=Path, metavar="FILE", help="bring up these hosts and time through them"
+    )
+    p.add_argument("--accept-new-host-keys", action="store_true")
     p.add_argument("--split", help="layers per stage, coordinator first: C,W1,...,Wn")
     p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
     p.add_argument("-n", "--tokens", type=int, default=32, help="tokens per timed run")
@@ -31,8 +36,11 @@ def cmd_bench_current(args: argparse.Namespace) -> int:
 
     if args.tokens < 1 or args.repeats < 1:
         raise QuorumError("--tokens and --repeats must be at least 1")
-    path, _, plan = prepare(args)
-    result = asyncio.run(bench_current(str(path), plan, args.ctx, args.tokens, args.repeats))
+    if args.cluster:
+        result = asyncio.run(bench_on_cluster(args))
+    else:
+        path, _, plan = prepare(args)
+        result = asyncio.run(bench_current(str(path), plan, args.ctx, args.tokens, args.repeats))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -43,6 +51,29 @@ def cmd_bench_current(args: argparse.Namespace) -> int:
         f"(prompt of {result['prompt']!r})"
     )
     return 0
+
+
+async def bench_on_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """Bring up the cluster file's hosts (as `quorum run --cluster` does) and time the plan
+    through their tunnels; the workers stay up afterwards, like after a run."""
+    from quorum_tui.cli.cluster_cmds import options_from_args
+    from quorum_tui.cli.engine_cmds import plan_from_args, resolve
+    from quorum_tui.cluster.bringup import bring_up
+    from quorum_tui.cluster.inventory import load_inventory, resolve_path
+    from quorum_tui.engine.gguf_info import inspect_model
+
+    if args.worker:
+        raise QuorumError("use either --cluster or --worker, not both")
+    inv = load_inventory(resolve_path(args.cluster))
+    path = resolve(args.model)
+    info = inspect_model(path)
+    cluster = await bring_up(inv, options_from_args(args, quiet=args.json))
+    try:
+        cluster.require_all()
+        plan = plan_from_args(info, cluster.workers, args.split)
+        return await bench_current(str(path), plan, args.ctx, args.tokens, args.repeats)
+    finally:
+        await cluster.close()
 
 
 async def bench_current(
