@@ -2,8 +2,10 @@
 
 Runtimes are installed by a warm-up bring-up first; every timed bring-up then starts from
 stopped workers: connect, probe, start the worker, open the tunnel, HELLO through it. The CPU
-load of this machine during each bring-up is reported too: with `--lab` every host shares
-this machine's CPUs, so a CPU-bound result measures the machine, not the parallelism.
+load of this machine during each bring-up is reported too, and the busy CPU-seconds per host:
+with `--lab` every host shares this machine's CPUs (and its home directory, whose rc files
+every remote login shell reads), so a CPU-bound result measures the machine, not the
+parallelism.
 """
 
 from __future__ import annotations
@@ -41,13 +43,17 @@ def cmd_bench_bringup(args: argparse.Namespace) -> int:
             f"{result['one_s']:.2f}s, ratio {result['ratio']:.2f} ({args.rounds} round(s)); "
             f"this machine's {result['cores']} CPUs were {result['cpu_busy_all']:.0%} busy "
             f"during the {result['hosts']}-host bring-ups, {result['cpu_busy_one']:.0%} during "
-            "the 1-host ones"
+            "the 1-host ones; busy CPU-seconds per host (every process on this machine): "
+            f"{result['cpu_s_per_host_all']:.2f} ({result['hosts']} hosts), "
+            f"{result['cpu_s_per_host_one']:.2f} (1 host); load average "
+            + " ".join(f"{x:.2f}" for x in result["load_average"])
         )
     return 0
 
 
-async def timed_up(inv: Inventory, options: BringUpOptions) -> tuple[float, float]:
-    """Wall seconds, and how busy this machine's CPUs were meanwhile (0-1, every process)."""
+async def timed_up(inv: Inventory, options: BringUpOptions) -> tuple[float, float, float]:
+    """Wall seconds, how busy this machine's CPUs were meanwhile (0-1, every process), and
+    the busy CPU-seconds."""
     cpu = psutil.cpu_times()
     started = time.perf_counter()
     cluster = await bring_up(inv, options)
@@ -57,7 +63,8 @@ async def timed_up(inv: Inventory, options: BringUpOptions) -> tuple[float, floa
     cluster.require_all()
     idle = (after.idle + after.iowait) - (cpu.idle + cpu.iowait)
     total = sum(after) - sum(cpu)
-    return elapsed, 1.0 - idle / total if total > 0 else 0.0
+    busy = total - idle
+    return elapsed, busy / total if total > 0 else 0.0, busy
 
 
 async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
@@ -66,12 +73,14 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
     await timed_up(inv, options)
     runs: dict[str, list[float]] = {"one": [], "all": []}
     busy: dict[str, list[float]] = {"one": [], "all": []}
+    cpu_s: dict[str, list[float]] = {"one": [], "all": []}
     for _ in range(args.rounds):
         for key, which in (("one", one), ("all", inv)):
             await down(inv, options)
-            wall, cpu = await timed_up(which, options)
+            wall, cpu, seconds = await timed_up(which, options)
             runs[key].append(wall)
             busy[key].append(cpu)
+            cpu_s[key].append(seconds / len(which.hosts))
     await down(inv, options)
     one_s, all_s = statistics.median(runs["one"]), statistics.median(runs["all"])
     return {
@@ -84,5 +93,8 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
         "all_runs": runs["all"],
         "cpu_busy_one": statistics.median(busy["one"]),
         "cpu_busy_all": statistics.median(busy["all"]),
+        "cpu_s_per_host_one": statistics.median(cpu_s["one"]),
+        "cpu_s_per_host_all": statistics.median(cpu_s["all"]),
         "cores": psutil.cpu_count(),
+        "load_average": list(psutil.getloadavg()),
     }

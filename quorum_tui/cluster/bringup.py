@@ -25,13 +25,18 @@ from quorum_tui.cluster.events import (
 )
 from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts, probe_host
 from quorum_tui.cluster.inventory import HostConfig, Inventory
-from quorum_tui.cluster.runtime import ensure_runtime, runtime_current
+from quorum_tui.cluster.runtime import app_tarball, ensure_runtime, runtime_current
 from quorum_tui.cluster.sessions import HostSession, connect
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.probe import probe_async
 from quorum_tui.errors import QuorumError
 
+HELLO_RETRY = 0.05
+TUNNEL_SETTLE = 2.0
+"""Seconds an `ssh` tunnel stays open at least. It runs a command, so the host starts a login
+shell that reads the user's rc files; hanging up while they run can leave their locks behind
+(pyenv's rehash lock then makes every later login shell on that host wait 60 s)."""
 DIRECT_WARNING = (
     "the RPC protocol has no authentication and no encryption: anyone who can reach "
     '{endpoint} can use this worker (prefer transport = "tunnel")'
@@ -58,6 +63,7 @@ class HostResult:
     facts: HostFacts | None = None
     endpoint: str | None = None
     tunnel: Tunnel | None = None
+    tunnel_opened: float = 0.0
     pid: int | None = None
     reused: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -125,6 +131,7 @@ class Cluster:
     async def close(self) -> None:
         """Close tunnels and connections; the workers keep running."""
         tunnels = [r.tunnel for r in self.results if r.tunnel is not None]
+        await _settle(max((r.tunnel_opened for r in self.results if r.tunnel), default=0.0))
         for r in self.results:
             r.tunnel = None
         await asyncio.gather(*(t.aclose() for t in tunnels), return_exceptions=True)
@@ -233,8 +240,7 @@ class _Pipeline:
         return await ensure_runtime(session, facts, self.line)
 
     async def _up(self) -> None:
-        facts = await self._probe()
-        python = await self._runtime(facts)
+        """Open the tunnel while one remote command probes the host and starts its worker."""
         session = self.result.session
         host = self.result.host
         assert session is not None
@@ -247,23 +253,21 @@ class _Pipeline:
             self.result.endpoint = f"{bind}:{host.rpc_port}"
             self.result.warnings.append(DIRECT_WARNING.format(endpoint=self.result.endpoint))
         try:
-            await self._launch(session, facts, python, bind, tunnel)
-        finally:
-            if tunnel is not None and not tunnel.done():
-                tunnel.cancel()
-            elif (
-                tunnel is not None
-                and self.result.tunnel is None
-                and not tunnel.cancelled()
-                and not tunnel.exception()
-            ):
-                self.result.tunnel = tunnel.result()
+            await self._launch(session, bind, tunnel)
+        except BaseException as exc:
+            if tunnel is not None:
+                await self._discard(tunnel, wait=not isinstance(exc, asyncio.CancelledError))
+            raise
+        if tunnel is not None and self.result.tunnel is None:
+            self.result.tunnel = await tunnel
 
     async def _tunnel(self, session: HostSession) -> Tunnel:
         port = self.result.host.rpc_port
         if self.inv.tunnel_client == "openssh":
             try:
-                return await open_openssh_tunnel(self.inv, session, port, self.local_port)
+                tunnel = await open_openssh_tunnel(self.inv, session, port, self.local_port)
+                self.result.tunnel_opened = time.monotonic()
+                return tunnel
             except HostFailure as exc:
                 self.result.warnings.append(
                     f"{exc.reason}; using asyncssh's forward instead (slower)"
@@ -271,14 +275,10 @@ class _Pipeline:
         return await open_tunnel(session, port, self.local_port)
 
     async def _launch(
-        self,
-        session: HostSession,
-        facts: HostFacts | None,
-        python: str | None,
-        bind: str,
-        tunnel: asyncio.Future[Tunnel] | None,
+        self, session: HostSession, bind: str, tunnel: asyncio.Future[Tunnel] | None
     ) -> None:
-        """Reuse or start the worker (while the tunnel comes up), then check it answers."""
+        """Probe and start (one command), reuse a healthy worker, install first if needed;
+        then check the worker answers HELLO."""
         host = self.result.host
 
         async def endpoint() -> str:
@@ -288,16 +288,19 @@ class _Pipeline:
             assert self.result.endpoint is not None
             return self.result.endpoint
 
-        status = await self._worker_status(facts)
-        if status.status == "running":
+        started = await self._probe_and_start(session, bind)
+        if started is not None and started.outcome == "running":
             answer = await probe_async(await endpoint(), 3.0)
             if answer.status in ("ok", "busy"):
-                self.result.pid = status.pid
+                self.result.pid = started.pid
                 self.result.reused = True
                 self.emit("worker-up", self._up_reason("reused the running worker"))
                 return
             await launch.stop_worker(session, host.rpc_port)
-        started = await launch.start_worker(session, bind, python)
+            started = None
+        if started is None:
+            python = await self._runtime(self.result.facts)
+            started = await launch.start_worker(session, bind, python)
         self.result.pid = started.pid
         if started.outcome == "exited":
             raise HostFailure("worker-down", _exited(started.log, started.tail))
@@ -306,6 +309,31 @@ class _Pipeline:
         what = "reused the running worker" if started.outcome == "running" else "started the worker"
         self.result.reused = started.outcome == "running"
         self.emit("worker-up", self._up_reason(what))
+
+    async def _probe_and_start(self, session: HostSession, bind: str) -> launch.Started | None:
+        try:
+            answer = await launch.probe_and_start(session, bind, app_tarball()[1])
+        except HostFailure:
+            if not self.result.host.rpc_server:
+                raise
+            return None
+        self.result.facts = answer.facts
+        self.emit("connected", answer.facts.summary())
+        return answer.started
+
+    async def _discard(self, tunnel: asyncio.Future[Tunnel], wait: bool) -> None:
+        """Close this host's tunnel after a failure. One still opening is awaited first
+        (cancelling it could leave its `ssh` child behind) unless `wait` is false."""
+        self.result.tunnel = None
+        if not tunnel.done():
+            if not wait:
+                tunnel.cancel()
+            with contextlib.suppress(BaseException):
+                await tunnel
+        if not tunnel.cancelled() and tunnel.exception() is None:
+            if wait:
+                await _settle(self.result.tunnel_opened)
+            await tunnel.result().aclose()
 
     async def _worker_status(self, facts: HostFacts | None) -> launch.RemoteWorker:
         if facts is None:
@@ -335,7 +363,7 @@ class _Pipeline:
                 return
             last = answer.reason
             if time.monotonic() < next_check:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(HELLO_RETRY)
                 continue
             next_check = time.monotonic() + 2.0
             status = await launch.worker_status(session, host.rpc_port)
@@ -343,11 +371,17 @@ class _Pipeline:
                 tail = await launch.log_tail(session, host.rpc_port)
                 log, lines = (tail[0], tail[1:]) if tail else ("the worker log", [])
                 raise HostFailure("worker-down", _exited(log, lines))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(HELLO_RETRY)
         raise HostFailure(
             "worker-down",
             f"the worker did not answer HELLO within {self.options.worker_timeout:g}s ({last})",
         )
+
+
+async def _settle(opened: float) -> None:
+    """Wait until a tunnel opened at `opened` (monotonic; 0 for none) may be closed."""
+    if opened:
+        await asyncio.sleep(max(0.0, opened + TUNNEL_SETTLE - time.monotonic()))
 
 
 def _exited(log: str, lines: list[str]) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,52 +18,23 @@ CACHE_SH = 'c="${QUORUM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/quorum}"'
 PROTOCOL_TEXT = ".".join(map(str, PROTOCOL))
 RUNTIME_NAME = f"runtime-{__version__}"
 
-PROBE_SCRIPT = r"""
-import json, os, platform, re, shutil, subprocess, sys
-cache = os.environ.get("QUORUM_CACHE_DIR") or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quorum")
-mem = {}
-try:
-    for line in open("/proc/meminfo"):
-        k, v = line.split(":", 1)
-        mem[k] = int(v.split()[0]) * 1024
-except OSError:
-    pass
-gpus = []
-if shutil.which("nvidia-smi"):
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,memory.free",
-                              "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=10).stdout
-        for row in out.strip().splitlines():
-            name, total, free = [x.strip() for x in row.split(",")]
-            gpus.append({"name": name, "total": int(total) << 20, "free": int(free) << 20})
-    except Exception:
-        pass
-worker = None
-port = sys.argv[1] if len(sys.argv) > 1 else ""
-if port:
-    try:
-        pid = int(open(os.path.join(cache, "workers", "worker-%s.pid" % port)).read())
-        os.kill(pid, 0)
-        args = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True,
-                              text=True).stdout
-        if re.search(r"(--port|-p) %s( |$)" % port, args, re.M):
-            worker = pid
-    except (OSError, ValueError):
-        pass
-runtime = None
-try:
-    runtime = json.load(open(os.path.join(cache, RUNTIME_NAME, "runtime.json")))
-except (OSError, ValueError):
-    pass
-print(json.dumps({
-    "os": platform.system(), "release": platform.release(), "arch": platform.machine(),
-    "cores": os.cpu_count(), "mem_total": mem.get("MemTotal"),
-    "mem_available": mem.get("MemAvailable"), "load": list(os.getloadavg()),
-    "gpus": gpus, "python": platform.python_version(), "python_path": sys.executable,
-    "cache_dir": cache, "runtime": runtime, "home": os.path.expanduser("~"), "worker": worker,
-}))
+PROBE_SH = (
+    'echo "os=$(uname -s)"; echo "release=$(uname -r)"; echo "arch=$(uname -m)"; '
+    'echo "cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null)"; '
+    "[ -r /proc/meminfo ] && sed -n -e 's/^MemTotal: *\\([0-9]*\\) kB/mem_total=\\1/p' "
+    "-e 's/^MemAvailable: *\\([0-9]*\\) kB/mem_available=\\1/p' /proc/meminfo; "
+    '[ -r /proc/loadavg ] && echo "load=$(cut -d" " -f1-3 /proc/loadavg)"; '
+    "command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,"
+    "memory.free --format=csv,noheader,nounits 2>/dev/null | sed 's/^/gpu=/'; "
+    f'rt="$c/{RUNTIME_NAME}"; py="$rt/venv/bin/python"; p="$py"; '
+    '[ -x "$p" ] || p=$(command -v python3 2>/dev/null); '
+    'if [ -n "$p" ]; then echo "python_path=$p"; echo "python=$("$p" -V 2>&1)"; fi; '
+    'echo "cache_dir=$c"; echo "home=$HOME"; '
+    '[ -f "$rt/runtime.json" ] && echo "runtime=$(cat "$rt/runtime.json")"; '
+)
+"""Facts as `key=value` lines, in POSIX sh: no remote Python process (the local side parses).
+
+Expects `$c` (CACHE_SH); leaves `$rt` (the runtime dir) and `$py` (its python) set.
 """
 
 
@@ -121,13 +92,84 @@ class HostFacts:
         return data
 
 
-def probe_command(port: int | None = None) -> str:
-    """The probe, run by the runtime's python when there is one (no PATH shims to go through)."""
-    script = PROBE_SCRIPT.replace("RUNTIME_NAME", repr(RUNTIME_NAME))
-    runtime_python = f'"$c/{RUNTIME_NAME}/venv/bin/python"'
+def worker_files(port: int) -> str:
+    """sh setting $c, $d (workers dir), $pidf and $log for the worker on `port`."""
+    return f'{CACHE_SH}; d="$c/workers"; pidf="$d/worker-{port}.pid"; log="$d/worker-{port}.log"'
+
+
+def worker_alive(port: int) -> str:
+    """sh condition: the pid file's process lives and its command line names `port` (sets $pid)."""
     return (
-        f'{CACHE_SH}; p={runtime_python}; [ -x "$p" ] || p=python3; '
-        f'"$p" -c {shlex.quote(script)}' + (f" {port}" if port else "")
+        '[ -f "$pidf" ] && pid=$(cat "$pidf") && kill -0 "$pid" 2>/dev/null && '
+        f"ps -o args= -p \"$pid\" | grep -qE -e '(--port|-p) {port}( |$)'"
+    )
+
+
+def probe_command(port: int | None = None) -> str:
+    """The probe; with `port`, it also prints `worker=PID` (and sets $w) when Quorum's worker
+    runs there."""
+    worker = f'if {worker_alive(port)}; then w=$pid; echo "worker=$pid"; fi; ' if port else ""
+    return f"{worker_files(port or 0)}; w=; {PROBE_SH}{worker}echo probe=end"
+
+
+def parse_facts(lines: list[str]) -> HostFacts:
+    """HostFacts from the probe's `key=value` lines (other lines are ignored)."""
+    data: dict[str, str] = {}
+    gpus: list[GpuInfo] = []
+    for line in lines:
+        key, sep, value = line.rstrip("\r").partition("=")
+        if not sep:
+            continue
+        if key == "gpu":
+            with contextlib.suppress(ValueError):
+                name, total, free = (x.strip() for x in value.rsplit(",", 2))
+                gpus.append(GpuInfo(name, int(total) << 20, int(free) << 20))
+        elif key == "probe" and value == "end":
+            break
+        else:
+            data.setdefault(key, value)
+    if "os" not in data or "cache_dir" not in data:
+        raise ValueError("no facts")
+    runtime: dict[str, Any] | None = None
+    with contextlib.suppress(ValueError):
+        runtime = json.loads(data.get("runtime", "null"))
+    load = ([float(x) for x in data.get("load", "").split() if _number(x)] + [0.0] * 3)[:3]
+    python = data.get("python", "").removeprefix("Python ").strip() or None
+    return HostFacts(
+        os=data["os"],
+        release=data.get("release", ""),
+        arch=data.get("arch", ""),
+        cores=_int(data.get("cores")) or 1,
+        mem_total=_int(data.get("mem_total")) * 1024,
+        mem_available=_int(data.get("mem_available")) * 1024,
+        load=(load[0], load[1], load[2]),
+        python=python if python and python[0].isdigit() else None,
+        python_path=data.get("python_path") if python and python[0].isdigit() else None,
+        cache_dir=data["cache_dir"],
+        runtime=runtime if isinstance(runtime, dict) else None,
+        gpus=tuple(gpus),
+        worker_pid=_int(data.get("worker")) or None,
+    )
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.strip().isdigit() else 0
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def probe_failure(status: int | None, lines: list[str]) -> HostFailure:
+    tail = [line.rstrip("\r") for line in lines if line.strip()][-3:]
+    return HostFailure(
+        "worker-down",
+        f"the host probe failed (exit {status}): {' | '.join(tail) or 'no output'}; "
+        "a Quorum worker needs a POSIX shell on the host",
     )
 
 
@@ -136,32 +178,8 @@ async def probe_host(
 ) -> HostFacts:
     """The host's facts; with `port`, also the pid of the Quorum worker running there."""
     result = await session.run(probe_command(port), timeout=timeout, pty=True)
-    out = str(result.stdout or "")
-    if result.exit_status != 0:
-        err = (str(result.stderr or "") + out).strip().splitlines()[-3:]
-        raise HostFailure(
-            "worker-down",
-            f"the host probe failed (exit {result.exit_status}): {' | '.join(err)}; "
-            "a Quorum worker needs python3 on the host",
-        )
+    lines = str(result.stdout or "").splitlines()
     try:
-        data = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise HostFailure(
-            "worker-down", f"the host probe printed no JSON: {out[-200:]!r}"
-        ) from None
-    return HostFacts(
-        os=data["os"],
-        release=data.get("release", ""),
-        arch=data["arch"],
-        cores=int(data["cores"] or 1),
-        mem_total=int(data["mem_total"] or 0),
-        mem_available=int(data["mem_available"] or 0),
-        load=tuple(data["load"]),
-        python=data["python"],
-        python_path=data["python_path"],
-        cache_dir=data["cache_dir"],
-        runtime=data["runtime"],
-        gpus=tuple(GpuInfo(**g) for g in data["gpus"]),
-        worker_pid=data.get("worker"),
-    )
+        return parse_facts(lines)
+    except ValueError:
+        raise probe_failure(result.exit_status, lines) from None

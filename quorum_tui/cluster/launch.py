@@ -3,6 +3,11 @@
 Each worker Quorum starts has `workers/worker-<port>.pid` and `workers/worker-<port>.log`
 under the remote cache dir; `stop` only signals a process whose pid file Quorum wrote and
 whose command line still names that port.
+
+A bring-up needs one remote command when all goes well (`bring_up_script`): the probe, the
+worker's status and, when no worker runs and the runtime is current, the worker's start.
+Every remote command costs a login shell on the host (sshd runs commands through it, with the
+user's rc files), so the common path keeps their number to one.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from typing import Literal
 
 from quorum_tui.cluster import hostprobe
 from quorum_tui.cluster.events import HostFailure
+from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts, worker_alive, worker_files
 from quorum_tui.cluster.inventory import HostConfig
 from quorum_tui.cluster.sessions import HostSession
 
-CACHE_SH = f'{hostprobe.CACHE_SH}; d="$c/workers"'
 LOG_TAIL = 12
+START_WAIT = 10.0
+POLL = 0.05
 
 WorkerStatus = Literal["running", "stopped"]
 
@@ -29,33 +36,28 @@ class RemoteWorker:
     detail: str
 
 
-def _files(port: int) -> str:
-    return f'{CACHE_SH}; pidf="$d/worker-{port}.pid"; log="$d/worker-{port}.log"'
+def worker_command(host: HostConfig, bind: str, python_sh: str | None) -> str:
+    """The remote command line of the worker (sh syntax, uses $c and $log).
 
-
-def _alive(port: int) -> str:
-    return (
-        '[ -f "$pidf" ] && pid=$(cat "$pidf") && kill -0 "$pid" 2>/dev/null && '
-        f"ps -o args= -p \"$pid\" | grep -qE -e '(--port|-p) {port}( |$)'"
-    )
-
-
-def worker_command(host: HostConfig, bind: str, python: str | None) -> str:
-    """The remote command line of the worker (sh syntax, uses $c and $log)."""
+    `python_sh` is the runtime's python as a sh word (already quoted).
+    """
     port = host.rpc_port
     if host.rpc_server:
         cmd = f"{shlex.quote(host.rpc_server)} -H {bind} -p {port} -c"
         return cmd + (f" -t {host.threads}" if host.threads else "")
-    assert python is not None
+    assert python_sh is not None
     cmd = (
-        f"{shlex.quote(python)} -m quorum_tui.cluster.agent --host {bind} --port {port} "
+        f"{python_sh} -m quorum_tui.cluster.agent --host {bind} --port {port} "
         '--cache "$c/rpc-cache" --log "$log"'
     )
     return cmd + (f" --threads {host.threads}" if host.threads else "")
 
 
 async def worker_status(session: HostSession, port: int) -> RemoteWorker:
-    script = f'{_files(port)}; if {_alive(port)}; then echo "running $pid"; else echo stopped; fi'
+    script = (
+        f'{worker_files(port)}; if {worker_alive(port)}; then echo "running $pid"; '
+        "else echo stopped; fi"
+    )
     out = str((await session.run(script)).stdout or "").split()
     if out and out[0] == "running":
         return RemoteWorker("running", int(out[1]), f"pid {out[1]}")
@@ -76,48 +78,122 @@ START_MARKS = ("quorum worker on", "Starting RPC server")
 """Printed just before the server binds: by `quorum worker`, and by ggml (upstream binaries)."""
 
 
-async def start_worker(
-    session: HostSession, bind: str, python: str | None, wait: float = 10.0
-) -> Started:
-    """Start the worker detached and wait (up to `wait` s) until it starts serving or dies.
+def start_sh(cmd: str, wait: float = START_WAIT) -> str:
+    """sh (after `worker_files`) that starts `cmd` detached and waits up to `wait` s for it to
+    serve or die; prints `start=started PID`, `log=`, `outcome=` and, if it died, `tail=` lines.
 
-    One remote command: the worker is double-forked (setsid, nohup) so it outlives the SSH
-    session and is reaped by init; a running worker is left alone ("running").
+    The worker is double-forked (setsid, nohup) so it outlives the SSH session and is reaped
+    by init.
     """
-    host = session.host
-    cmd = worker_command(host, bind, python)
     marks = " ".join(f'-e "{mark}"' for mark in START_MARKS)
-    script = (
-        f'{_files(host.rpc_port)}; mkdir -p "$d" "$c/rpc-cache"; '
-        f'if {_alive(host.rpc_port)}; then echo "running $pid"; exit 0; fi; '
-        'touch "$log"; size=$(wc -c < "$log"); '
+    return (
+        'mkdir -p "$d" "$c/rpc-cache"; touch "$log"; size=$(wc -c < "$log"); '
         'echo "--- $(date) quorum starts the worker" >> "$log"; '
         "if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi; "
         f'(nohup $s {cmd} >> "$log" 2>&1 < /dev/null & echo $! > "$pidf"); '
-        'pid=$(cat "$pidf"); echo "started $pid"; echo "$log"; i=0; '
-        f"while [ $i -lt {max(1, int(wait * 5))} ]; do "
-        'if ! kill -0 $pid 2>/dev/null; then echo exited; tail -n 12 "$log"; exit 0; fi; '
-        f'if tail -c +$((size + 1)) "$log" | grep -q {marks}; then echo listening; exit 0; fi; '
-        "sleep 0.2; i=$((i + 1)); done; echo waiting"
+        'pid=$(cat "$pidf"); echo "start=started $pid"; echo "log=$log"; i=0; '
+        f"while [ $i -lt {max(1, int(wait / POLL))} ]; do "
+        "if ! kill -0 $pid 2>/dev/null; then echo outcome=exited; "
+        f'tail -n {LOG_TAIL} "$log" | sed "s/^/tail=/"; exit 0; fi; '
+        f'if tail -c +$((size + 1)) "$log" | grep -q {marks}; then echo outcome=listening; '
+        f"exit 0; fi; sleep {POLL}; i=$((i + 1)); done; echo outcome=waiting"
+    )
+
+
+def parse_start(lines: list[str]) -> Started | None:
+    """The start section of a script's output; None when it started nothing."""
+    values: dict[str, str] = {}
+    tail: list[str] = []
+    for line in lines:
+        key, sep, value = line.rstrip("\r").partition("=")
+        if key == "tail" and sep:
+            tail.append(value)
+        elif sep and key in ("start", "log", "outcome"):
+            values.setdefault(key, value)
+    what, _, pid = values.get("start", "").partition(" ")
+    if what not in ("running", "started") or not pid.isdigit():
+        return None
+    if what == "running":
+        return Started(int(pid), "running", "", [])
+    return Started(int(pid), values.get("outcome", "waiting"), values.get("log", ""), tail)
+
+
+async def start_worker(
+    session: HostSession, bind: str, python: str | None, wait: float = START_WAIT
+) -> Started:
+    """Start the worker detached and wait (up to `wait` s) until it starts serving or dies.
+
+    One remote command; a running worker is left alone ("running").
+    """
+    host = session.host
+    cmd = worker_command(host, bind, shlex.quote(python) if python else None)
+    script = (
+        f"{worker_files(host.rpc_port)}; "
+        f'if {worker_alive(host.rpc_port)}; then echo "start=running $pid"; exit 0; fi; '
+        + start_sh(cmd, wait)
     )
     result = await session.run(script, timeout=wait + 30)
-    lines = str(result.stdout or "").splitlines()
-    first = lines[0].split() if lines else []
-    if result.exit_status != 0 or len(first) < 2 or not first[1].isdigit():
+    started = parse_start(str(result.stdout or "").splitlines())
+    if result.exit_status != 0 or started is None:
         raise HostFailure(
             "worker-down", f"starting the worker failed: {str(result.stderr or '').strip()}"
         )
-    if first[0] == "running":
-        return Started(int(first[1]), "running", "", [])
-    log = lines[1] if len(lines) > 1 else ""
-    outcome = lines[2] if len(lines) > 2 else "waiting"
-    return Started(int(first[1]), outcome, log, lines[3:])
+    return started
+
+
+def runtime_ready_sh(app_hash: str) -> str:
+    """sh condition (after the probe): runtime.json names this protocol, RPC and code hash.
+
+    Matches what the install script's json.dump writes; a mismatch only costs the bring-up
+    a second command, the authoritative check being `runtime.runtime_current` on the facts.
+    """
+    needles = (f'"protocol": "{PROTOCOL_TEXT}"', '"rpc": true', f'"app": "{app_hash}"')
+    checks = "; ".join(f"case $j in *{shlex.quote(n)}*) ;; *) j= ;; esac" for n in needles)
+    return f'{{ j=$(cat "$rt/runtime.json" 2>/dev/null); {checks}; [ -n "$j" ] && [ -x "$py" ]; }}'
+
+
+@dataclass(frozen=True)
+class BringUpAnswer:
+    """The one bring-up command's answer: the host's facts and what it did about the worker."""
+
+    facts: HostFacts
+    started: Started | None
+
+
+def bring_up_script(host: HostConfig, bind: str, app_hash: str, wait: float = START_WAIT) -> str:
+    """Probe, then start the worker unless one runs or the runtime must be installed first."""
+    if host.rpc_server:
+        ready = f"[ -x {shlex.quote(host.rpc_server)} ]"
+        cmd = worker_command(host, bind, None)
+    else:
+        ready = runtime_ready_sh(app_hash)
+        cmd = worker_command(host, bind, '"$py"')
+    return (
+        f"{hostprobe.probe_command(host.rpc_port)}; "
+        f'if [ -n "$w" ]; then echo "start=running $w"; elif {ready}; then {start_sh(cmd, wait)}; '
+        "else echo start=none; fi"
+    )
+
+
+async def probe_and_start(
+    session: HostSession, bind: str, app_hash: str, wait: float = START_WAIT
+) -> BringUpAnswer:
+    """Run `bring_up_script` (with a pty, as the connection's first command: see `tunnels`)."""
+    script = bring_up_script(session.host, bind, app_hash, wait)
+    result = await session.run(script, timeout=wait + 30, pty=True)
+    lines = str(result.stdout or "").splitlines()
+    try:
+        facts = hostprobe.parse_facts(lines)
+    except ValueError:
+        raise hostprobe.probe_failure(result.exit_status, lines) from None
+    end = next(i for i, line in enumerate(lines) if line.rstrip("\r") == "probe=end")
+    return BringUpAnswer(facts, parse_start(lines[end + 1 :]))
 
 
 async def stop_worker(session: HostSession, port: int) -> bool:
     """Stop the worker Quorum started on this port; True if there was one."""
     script = (
-        f"{_files(port)}; if {_alive(port)}; then kill $pid; "
+        f"{worker_files(port)}; if {worker_alive(port)}; then kill $pid; "
         "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $pid 2>/dev/null || break; sleep 0.3; done; "
         'kill -9 $pid 2>/dev/null; rm -f "$pidf"; echo stopped; else rm -f "$pidf"; echo none; fi'
     )
@@ -126,6 +202,6 @@ async def stop_worker(session: HostSession, port: int) -> bool:
 
 
 async def log_tail(session: HostSession, port: int, lines: int = LOG_TAIL) -> list[str]:
-    script = f'{_files(port)}; echo "$log"; tail -n {lines} "$log" 2>/dev/null'
+    script = f'{worker_files(port)}; echo "$log"; tail -n {lines} "$log" 2>/dev/null'
     out = str((await session.run(script)).stdout or "").splitlines()
     return out

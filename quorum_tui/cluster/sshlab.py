@@ -267,16 +267,27 @@ class SshLab:
         return path
 
     def kill_workers(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period, every process but sshd in the lab.
+
+        The grace period matters: a login shell killed outright in the middle of its rc files
+        can leave a lock behind (pyenv's rehash lock makes every later login shell wait 60 s).
+        """
+        pids: list[int] = []
         for host in self.hosts:
-            for pid in host.pids():
-                if host.sshd is None or pid != host.sshd.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            pids += [p for p in host.pids() if host.sshd is None or p != host.sshd.pid]
         if not self.netns_mode:
             workers = self.remote_cache / "workers"
             for pidfile in workers.glob("*.pid") if workers.exists() else []:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                with contextlib.suppress(ValueError, OSError):
+                    pids.append(int(pidfile.read_text().strip()))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 2
+            while pids and time.monotonic() < deadline:
+                pids = [p for p in pids if _alive(p)]
+                time.sleep(0.02)
 
     def close(self) -> None:
         """Kill every process of the lab and delete its namespaces, whatever fails on the way."""
@@ -294,6 +305,18 @@ class SshLab:
                     sh("ip", "netns", "del", ns, check=False)
             with contextlib.suppress(Exception):
                 sh("ip", "link", "del", self.bridge, check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return True
 
 
 @contextlib.contextmanager

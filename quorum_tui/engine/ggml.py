@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 from pathlib import Path
 
 from quorum_tui.errors import QuorumError
@@ -27,10 +28,16 @@ AddServer = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 @functools.cache
 def lib() -> ctypes.CDLL:
     """libggml as loaded by llama_cpp, with the signatures used here declared."""
-    import llama_cpp
-
-    llama_cpp.llama_backend_init()
-    libdir = Path(llama_cpp.__file__).parent / "lib"
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise QuorumError(
+            "llama-cpp-python is not installed in this Python: install it built with RPC "
+            "(`make` does, into .venv)"
+        )
+    # Not `import llama_cpp`: its Python side (numpy, jinja2) costs a worker ~0.3 CPU-s at
+    # start. libllama.so is the file llama_cpp itself loads, so a later import shares it.
+    libdir = Path(spec.origin).parent / "lib"
+    ctypes.CDLL(str(libdir / "libllama.so"), mode=ctypes.RTLD_GLOBAL).llama_backend_init()
     # Wheels hold copies, not symlinks: libllama links the soname, so that copy is the live one.
     path = next(p for p in (libdir / "libggml.so.0", libdir / "libggml.so") if p.exists())
     ggml = ctypes.CDLL(str(path))

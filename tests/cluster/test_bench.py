@@ -25,7 +25,12 @@ def test_bench_tunnel_reports_both_paths_side_by_side() -> None:
     assert result["ratio"] == result["tunnel_tps"] / result["direct_tps"]  # type: ignore[operator]
     assert result["round_ratios"] == [result["ratio"]]
     rtt = result["rtt_us"]
-    assert isinstance(rtt, dict) and set(rtt) == {"direct", "openssh", "asyncssh", "without_session"}
+    assert isinstance(rtt, dict) and set(rtt) == {
+        "direct",
+        "openssh",
+        "asyncssh",
+        "without_session",
+    }
     assert all(us > 0 for us in rtt.values())
 
 
@@ -33,3 +38,6 @@ def test_bench_bringup_compares_all_hosts_with_one() -> None:
     result = bench("bringup", "--lab", "2", "--rounds", "1")
     assert result["hosts"] == 2
     assert result["all_s"] > 0 and result["one_s"] > 0  # type: ignore[operator]
+    assert result["cpu_s_per_host_all"] > 0 and result["cpu_s_per_host_one"] > 0  # type: ignore[operator]
+    load = result["load_average"]
+    assert isinstance(load, list) and len(load) == 3
