@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import statistics
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
 from quorum_tui.cluster.inventory import Inventory
 from quorum_tui.cluster.sessions import HostSession, connect
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
-from quorum_tui.engine.measure import link_rtt
+from quorum_tui.engine.measure import Trial, link_rtt, run_trials
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.errors import QuorumError
 
@@ -76,24 +74,13 @@ def cmd_bench_tunnel(args: argparse.Namespace) -> int:
 
 
 async def generate(model: Path, workers: list[WorkerRef], n: int, n_layers: int) -> float:
-    from quorum_tui.cli.engine_cmds import run_job
-    from quorum_tui.engine.coordinator import Job
-
+    """Tokens/s of the plan spread evenly over `workers`, from the median time per token."""
     plan = LayerPlan.even(n_layers, workers)
-    job = Job(
-        model=str(model),
-        workers=list(plan.workers),
-        counts=list(plan.counts),
-        mode="run",
-        ctx=512,
-        prompt="Tunnels and",
-        n_predict=n,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        with contextlib.redirect_stderr(io.StringIO()):
-            await run_job(job, plan, report, out=io.StringIO())
-        return float(json.loads(report.read_text())["tokens_per_s"])
+    trial = Trial("tunnel", str(model), list(plan.counts))
+    (result,) = await run_trials(plan.workers, [trial], n, repeats=1, ctx=1024)
+    if result.mismatch:
+        raise QuorumError(f"llama.cpp did not load the plan: {'; '.join(result.mismatch)}")
+    return result.tokens_per_s
 
 
 async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
