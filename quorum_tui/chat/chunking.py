@@ -8,6 +8,8 @@ each update renders only the newest text.
 
 from __future__ import annotations
 
+import re
+
 FENCE = "```"
 CONTINUES = frozenset(" \t-*+>0123456789")
 """How a line may begin that could continue the block above it (a list, a quote, indented code)."""
@@ -65,3 +67,36 @@ def split_markdown(text: str, limit: int) -> list[str]:
         begin = last
     pieces.append(text[begin:])
     return pieces
+
+
+LIST_ITEM = re.compile(r" {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
+
+
+def split_open_block(tail: str, max_lines: int) -> tuple[str, str] | None:
+    """Cut a block still being written that has grown past `max_lines` lines, or None.
+
+    Returns the part to freeze and the Markdown that continues it, so that only the newest
+    lines of a long code fence or list are rendered again as they stream. An open fence is
+    closed after the frozen part and opened again (same info string) before the rest; a list
+    is cut before one of its items. While it streams, the block shows a seam there.
+    """
+    lines = tail.splitlines(keepends=True)
+    if len(lines) <= max_lines:
+        return None
+    last = len(lines) - 1 if not lines[-1].endswith("\n") else len(lines)
+    opener = lines[0].strip()
+    if opener.startswith(FENCE):
+        closed = any(line.strip().startswith(FENCE) for line in lines[1:last])
+        if closed or last < 2:
+            return None
+        return "".join(lines[:last]) + FENCE + "\n", opener + "\n" + "".join(lines[last:])
+    in_fence = False
+    cut = 0
+    for index, line in enumerate(lines[:last]):
+        if line.strip().startswith(FENCE):
+            in_fence = not in_fence
+        elif index and not in_fence and LIST_ITEM.match(line):
+            cut = index
+    if not cut:
+        return None
+    return "".join(lines[:cut]), "".join(lines[cut:])

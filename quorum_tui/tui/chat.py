@@ -17,7 +17,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
-from quorum_tui.chat.chunking import safe_cuts, split_markdown
+from quorum_tui.chat.chunking import safe_cuts, split_markdown, split_open_block
 from quorum_tui.chat.client import ChatClient, ChatError, ReplyStats, ReplyStream, TextDelta
 from quorum_tui.chat.session import ChatSession, describe_reply, reply_message
 from quorum_tui.chat.store import Conversation, ConversationInfo, ConversationStore, Message
@@ -30,6 +30,9 @@ CHUNK_CHARS = 800
 """A long reply is shown as Markdown pieces of about this many characters."""
 FLUSH_EVERY = 0.1
 """Seconds between Markdown updates while a reply streams: tokens in between are batched."""
+TAIL_LINES = 40
+"""A block still being written (a code fence, a list) is cut when it grows past this many
+lines, so that an update never renders more than about this much again."""
 
 
 class MessageView(Vertical, can_focus=True):
@@ -37,8 +40,9 @@ class MessageView(Vertical, can_focus=True):
 
     The text is one MarkdownPieces: finished Markdown in frozen pieces of up to CHUNK_CHARS,
     each rendered once, and while a reply streams the block still being written as its tail.
-    Each time blocks complete they move out of the tail into a new piece, so an update costs
-    the same at the start of a long reply as at its end.
+    Each time blocks complete they move out of the tail into a new piece, and a tail longer
+    than TAIL_LINES is cut (see `split_open_block`), so an update costs the same at the start
+    of a long reply as at its end.
     """
 
     DEFAULT_CSS = """
@@ -56,6 +60,7 @@ class MessageView(Vertical, can_focus=True):
         self.meta = Static(self._meta_text(), classes=f"message-meta {message.role}", markup=False)
         sources = [] if live else split_markdown(message.text, CHUNK_CHARS)
         self.body = MarkdownPieces(sources)
+        self._streamed: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield self.meta
@@ -63,8 +68,8 @@ class MessageView(Vertical, can_focus=True):
 
     @property
     def text(self) -> str:
-        """The text shown (the reply so far while it streams)."""
-        return self.body.text
+        """The message's text (the reply so far while it streams)."""
+        return "".join(self._streamed) if self.live else self.message.text
 
     @property
     def sources(self) -> list[str]:
@@ -95,11 +100,15 @@ class MessageView(Vertical, can_focus=True):
 
     def write(self, text: str) -> None:
         """Add streamed text: blocks it completes are frozen, the open block is the tail."""
+        self._streamed.append(text)
         candidate = self.body.tail + text
         cuts = safe_cuts(candidate)
         if cuts:
             self.body.append(split_markdown(candidate[: cuts[-1]], CHUNK_CHARS))
             candidate = candidate[cuts[-1] :]
+        while (cut := split_open_block(candidate, TAIL_LINES)) is not None:
+            done, candidate = cut
+            self.body.append([done])
         self.body.set_tail(candidate)
 
     def finish(self, message: Message) -> None:

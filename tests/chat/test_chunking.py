@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quorum_tui.chat.chunking import cut_point, safe_cuts, split_markdown
+from quorum_tui.chat.chunking import cut_point, safe_cuts, split_markdown, split_open_block
 
 DOC = "# Title\n\nFirst paragraph.\n\n```py\nx = 1\n\ny = 2\n```\n\nLast one.\n"
 
@@ -47,3 +47,30 @@ def test_split_is_lossless_for_any_text(parts: list[str], limit: int) -> None:
     pieces = split_markdown(text, limit)
     assert "".join(pieces) == text
     assert all(pieces[:-1])
+
+
+def test_a_long_open_fence_is_closed_and_reopened_at_a_line() -> None:
+    code = "```py\n" + "".join(f"x{i} = {i}\n" for i in range(50)) + "y = 5"
+    done, rest = split_open_block(code, 40) or ("", "")
+    assert done == "```py\n" + "".join(f"x{i} = {i}\n" for i in range(50)) + "```\n"
+    assert rest == "```py\ny = 5"
+    assert safe_cuts(done + "\n" + "after") == [len(done) + 1]
+
+
+def test_a_long_list_is_cut_before_its_last_complete_item() -> None:
+    items = "".join(f"{i}. item {i}\n   more about {i}\n" for i in range(1, 30))
+    done, rest = split_open_block(items, 40) or ("", "")
+    assert done + rest == items and rest == "29. item 29\n   more about 29\n"
+    done, rest = split_open_block(items + "30. la", 40) or ("", "")
+    assert done + rest == items + "30. la" and rest == "29. item 29\n   more about 29\n30. la"
+
+
+def test_open_blocks_that_are_short_or_cannot_be_cut_are_left_whole() -> None:
+    assert split_open_block("```py\nx = 1\n", 40) is None
+    assert split_open_block("word " * 500, 40) is None
+    lines = "".join(f"a line of a paragraph {i}\n" for i in range(60))
+    assert split_open_block(lines, 40) is None
+    fenced = "- item\n\n  ```\n" + "".join(f"  - not an item {i}\n" for i in range(60)) + "  ```\n"
+    assert split_open_block(fenced + "  tail", 40) is None
+    closed = "```\n" + "x\n" * 50 + "```\n"
+    assert split_open_block(closed + "more", 40) is None

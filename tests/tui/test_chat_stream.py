@@ -12,7 +12,7 @@ from quorum_tui.chat.client import ReplyStats
 from quorum_tui.chat.session import reply_message
 from quorum_tui.chat.store import ConversationStore
 from quorum_tui.cli import main
-from quorum_tui.tui.chat import CHUNK_CHARS, MessageView
+from quorum_tui.tui.chat import CHUNK_CHARS, TAIL_LINES, MessageView
 from quorum_tui.tui.markdown_pieces import MarkdownPieces
 from tests.chat.served import eventually
 from tests.tui.test_chat import Host, pane_of
@@ -83,3 +83,20 @@ def test_bench_tui_reports_lag_and_rates(capsys: pytest.CaptureFixture[str]) -> 
 def test_bench_tui_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "tui", "--seconds", "0"]) == 1
     assert "--seconds between 0.5 and 60" in capsys.readouterr().err
+
+
+async def test_a_long_code_block_streams_with_a_short_tail(tmp_path: Path) -> None:
+    app = Host(ConversationStore(tmp_path / "c.sqlite3"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        view = MessageView(reply_message("", ReplyStats(), "complete", None), live=True)
+        await app.query_one("#chat-log").mount(view)
+        text = "Here:\n\n```py\n" + "".join(f"x{i} = {i}\n" for i in range(200)) + "```\n\nDone."
+        for start in range(0, len(text), 37):
+            view.write(text[start : start + 37])
+            assert view.tail_source.count("\n") <= TAIL_LINES + 1
+        assert view.text == text
+        await pilot.pause()
+        shown = shown_text(view.body)
+        assert "x0 = 0" in shown and "x199 = 199" in shown and "Done." in shown
+        view.finish(reply_message(text, ReplyStats(), "complete", None))
+        assert view.text == text
