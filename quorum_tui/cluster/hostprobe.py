@@ -1,4 +1,5 @@
-"""What a host has: one short remote command that prints JSON and leaves nothing running."""
+"""What a host has: one short POSIX sh command that prints `key=value` lines and leaves nothing
+running."""
 
 from __future__ import annotations
 
