@@ -23,7 +23,7 @@ from quorum_tui.tui import messages as msg
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.commands import QuorumCommands
 from quorum_tui.tui.dialogs import ConfirmDialog, HelpScreen
-from quorum_tui.tui.heap import freeze_startup_heap
+from quorum_tui.tui.heap import freeze_startup_heap, thaw_heap
 from quorum_tui.tui.hosts import COORDINATOR_HOST, HostStatus, LocalSampler, local_free, probe_host
 from quorum_tui.tui.keymap import keymap_path, load_keymap, unknown_ids
 from quorum_tui.tui.layermap import LayerMap
@@ -574,6 +574,7 @@ class QuorumApp(SshActions, ModelActions):
             await self.stop_coordinator(quitting=True)
         self.stop_cluster()
         await self.ssh.close()
+        thaw_heap()
 
 
 def binding_holders() -> list[type[Any]]:

@@ -8,7 +8,7 @@ from textual.app import App, ComposeResult
 
 from quorum_tui.chat.store import ConversationStore
 from quorum_tui.tui.chat import ChatPane
-from quorum_tui.tui.heap import freeze_startup_heap
+from quorum_tui.tui.heap import freeze_startup_heap, thaw_heap
 
 
 class ChatBenchApp(App[None]):
@@ -30,6 +30,9 @@ class ChatBenchApp(App[None]):
     def _settle(self) -> None:
         freeze_startup_heap()
         self.settled.set()
+
+    def on_unmount(self) -> None:
+        thaw_heap()
 
     def on_chat_pane_reply_finished(self, event: ChatPane.ReplyFinished) -> None:
         self.finished.put_nowait(event)

@@ -14,3 +14,9 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Give what was frozen back to the collector once the app is done: a process that runs
+    another app afterwards (the tests do) would otherwise keep the first one's cycles."""
+    gc.unfreeze()
