@@ -56,24 +56,17 @@ def cmd_bench_current(args: argparse.Namespace) -> int:
 async def bench_on_cluster(args: argparse.Namespace) -> dict[str, Any]:
     """Bring up the cluster file's hosts (as `quorum run --cluster` does) and time the plan
     through their tunnels; the workers stay up afterwards, like after a run."""
-    from quorum_tui.cli.cluster_cmds import options_from_args
+    from quorum_tui.cli.cluster_cmds import brought_up
     from quorum_tui.cli.engine_cmds import plan_from_args, resolve
-    from quorum_tui.cluster.bringup import bring_up
-    from quorum_tui.cluster.inventory import load_inventory, resolve_path
     from quorum_tui.engine.gguf_info import inspect_model
 
     if args.worker:
         raise QuorumError("use either --cluster or --worker, not both")
-    inv = load_inventory(resolve_path(args.cluster))
     path = resolve(args.model)
     info = inspect_model(path)
-    cluster = await bring_up(inv, options_from_args(args, quiet=args.json))
-    try:
-        cluster.require_all()
+    async with brought_up(args, quiet=args.json) as cluster:
         plan = plan_from_args(info, cluster.workers, args.split)
         return await bench_current(str(path), plan, args.ctx, args.tokens, args.repeats)
-    finally:
-        await cluster.close()
 
 
 async def bench_current(

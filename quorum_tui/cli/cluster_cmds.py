@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -263,6 +265,24 @@ def print_samples(samples: list[Any]) -> None:
     print(flush=True)
 
 
+@contextlib.asynccontextmanager
+async def brought_up(args: argparse.Namespace, quiet: bool = False) -> AsyncIterator[Cluster]:
+    """The `--cluster FILE` hosts brought up with their tunnels (warnings printed), closed after;
+    the workers keep running."""
+    if args.worker:
+        raise QuorumError("use either --cluster or --worker, not both")
+    inv = load_inventory(resolve_path(args.cluster))
+    cluster = await bring_up(inv, options_from_args(args, quiet=quiet))
+    try:
+        cluster.require_all()
+        for r in cluster.results:
+            for warning in r.warnings:
+                print(f"warning: {r.host.name}: {warning}", file=sys.stderr)
+        yield cluster
+    finally:
+        await cluster.close()
+
+
 async def with_cluster(args: argparse.Namespace, mode: str) -> int:
     """`quorum run|serve --cluster FILE`: bring-up, tunnels and the engine in one loop."""
     from quorum_tui.cli.engine_cmds import make_job, plan_from_args, resolve, run_job, serve_job
@@ -270,15 +290,9 @@ async def with_cluster(args: argparse.Namespace, mode: str) -> int:
 
     if args.worker:
         raise QuorumError("use either --cluster or --worker, not both")
-    inv = load_inventory(resolve_path(args.cluster))
     path = resolve(args.model)
     info = inspect_model(path)
-    cluster = await bring_up(inv, options_from_args(args))
-    try:
-        cluster.require_all()
-        for r in cluster.results:
-            for warning in r.warnings:
-                print(f"warning: {r.host.name}: {warning}", file=sys.stderr)
+    async with brought_up(args) as cluster:
         if getattr(args, "auto", False):
             from quorum_tui.engine.measure import auto_plan
 
@@ -291,5 +305,3 @@ async def with_cluster(args: argparse.Namespace, mode: str) -> int:
         if mode == "run":
             return await run_job(job, plan, args.report)
         return await serve_job(job, plan)
-    finally:
-        await cluster.close()
