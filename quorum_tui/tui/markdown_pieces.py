@@ -59,11 +59,6 @@ class MarkdownPieces(Widget):
         self._frozen: dict[Key, tuple[int, list[Strip]]] = {}
         self._shown: dict[Key, list[Strip]] = {}
 
-    @property
-    def text(self) -> str:
-        """All the Markdown shown, the tail included."""
-        return "".join(self.sources) + self.tail
-
     def append(self, sources: list[str]) -> None:
         """Add finished pieces after the last one."""
         self.sources.extend(source for source in sources if source)
