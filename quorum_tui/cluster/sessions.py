@@ -13,7 +13,7 @@ import getpass
 import os
 import shlex
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,16 +56,10 @@ class HostSession:
         CRLF), which makes sshd treat the connection as interactive: see `tunnels`.
         """
         extra: dict[str, Any] = {"term_type": "dumb"} if pty else {}
-        try:
+        with command_failures(timeout):
             return await asyncio.wait_for(
                 self.conn.run(command, input=input, check=False, **extra), timeout
             )
-        except TimeoutError:
-            raise HostFailure(
-                "unreachable", f"the command did not finish within {timeout:g}s"
-            ) from None
-        except (asyncssh.Error, OSError) as exc:
-            raise HostFailure("unreachable", f"the SSH connection failed: {exc}") from None
 
     async def stream(
         self, command: str, on_line: Callable[[str], None], timeout: float = 1800.0
@@ -85,14 +79,8 @@ class HostSession:
                 await proc.wait()
                 return proc.returncode if proc.returncode is not None else 255
 
-        try:
+        with command_failures(timeout):
             return await asyncio.wait_for(pump(), timeout), lines
-        except TimeoutError:
-            raise HostFailure(
-                "unreachable", f"the command did not finish within {timeout:g}s"
-            ) from None
-        except (asyncssh.Error, OSError) as exc:
-            raise HostFailure("unreachable", f"the SSH connection failed: {exc}") from None
 
     async def close(self) -> None:
         self.conn.close()
@@ -262,3 +250,16 @@ async def connect(
         except asyncssh.Error as exc:
             raise HostFailure("unreachable", f"SSH error: {exc.reason}") from None
     raise HostFailure("host-key-unknown", "the accepted host key was still not trusted")
+
+
+@contextlib.contextmanager
+def command_failures(timeout: float) -> Iterator[None]:
+    """A remote command that times out or loses its connection, as HostFailure."""
+    try:
+        yield
+    except TimeoutError:
+        raise HostFailure(
+            "unreachable", f"the command did not finish within {timeout:g}s"
+        ) from None
+    except (asyncssh.Error, OSError) as exc:
+        raise HostFailure("unreachable", f"the SSH connection failed: {exc}") from None
