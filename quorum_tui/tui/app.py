@@ -510,7 +510,7 @@ class QuorumApp(SshActions, ModelActions):
     def sample_hosts(self) -> None:
         samples = []
         for host in list(self.hosts):
-            sample = msg.Sample(host.name)
+            sample = msg.Sample(host.name, host.endpoint)
             if host.address == COORDINATOR_HOST:
                 sample.cpu, sample.used, sample.total = self._sampler.machine()
             else:
@@ -541,6 +541,8 @@ class QuorumApp(SshActions, ModelActions):
             host = by_name.get(sample.name)
             if host is None:
                 continue
+            if sample.state is not None and sample.endpoint != host.endpoint:
+                sample.state = sample.reason = None
             if sample.state is not None and sample.state != host.state:
                 if sample.state in ("down", "unreachable") and host.state in ("ok", "serving"):
                     self.report(f"worker {host.name}", f"{host.endpoint}: {sample.reason}")

@@ -57,6 +57,9 @@ class Sample:
     """One host's measurements from a sampling pass (None: not measured this time)."""
 
     name: str
+    endpoint: str | None = None
+    """The host's worker endpoint when its state was sampled: a state (and its reason) about
+    another endpoint is stale and dropped."""
     state: str | None = None
     reason: str | None = None
     cpu: float | None = None

@@ -49,3 +49,21 @@ async def test_palette_runs_a_quorum_command(tiny_model: Path) -> None:
         await pilot.pause(0.5)
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.query_one(TabbedContent).active == "layers")
+
+
+async def test_a_sample_taken_before_a_worker_changed_does_not_undo_the_change(
+    tiny_model: Path,
+) -> None:
+    from quorum_tui.tui.messages import HostsSampled, Sample
+
+    app = QuorumApp(fixed_setup(tiny_model))
+    async with app.run_test(size=(120, 40)) as pilot:
+        host = app.hosts[1]
+        old = host.endpoint
+        host.endpoint, host.state, host.reason = None, "worker-down", "stopped"
+        app.post_message(HostsSampled([Sample(host.name, old, "serving", "in use")], None))
+        await pilot.pause()
+        assert (host.state, host.reason) == ("worker-down", "stopped")
+        app.post_message(HostsSampled([Sample(host.name, None, "down", "gone", cpu=5.0)], None))
+        await pilot.pause()
+        assert (host.state, host.reason) == ("down", "gone")
