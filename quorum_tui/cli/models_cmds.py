@@ -10,6 +10,7 @@ from typing import Any
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.errors import QuorumError
+from quorum_tui.models.registry import REAL_DEMO_MODEL, registry_names
 from quorum_tui.units import human_bytes
 
 Subparsers = Any
@@ -18,9 +19,12 @@ Subparsers = Any
 def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "pull",
-        help="download a model into the cache: owner/repo:QUANT, owner/repo/file.gguf or a URL",
+        help="download a model into the cache: owner/repo:QUANT, owner/repo/file.gguf, a URL "
+        f"or a model name ({registry_names()})",
     )
-    p.add_argument("spec", help="owner/repo:QUANT, owner/repo/path/file.gguf or https://...")
+    p.add_argument(
+        "spec", help="owner/repo:QUANT, owner/repo/path/file.gguf, https://... or a model name"
+    )
     p.add_argument("--preview", action="store_true", help="only describe it (reads its header)")
     _add_plan_args(p)
     p.add_argument("--json", action="store_true")
@@ -167,7 +171,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps([m.to_json() for m in models], indent=2))
         return 0
     if not models:
-        print(f"no models in {models_dir()}: `quorum pull owner/repo:QUANT` adds one")
+        print(
+            f"no models in {models_dir()}: `quorum pull owner/repo:QUANT` adds one "
+            f"(or `quorum pull {REAL_DEMO_MODEL}`)"
+        )
         return 0
     rows = [
         (

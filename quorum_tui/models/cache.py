@@ -3,6 +3,7 @@
     models/hf/OWNER/REPO/<path in the repository>   Hub files, split parts side by side
     models/hf/OWNER/REPO/.quorum-repo.json          commit, sizes and sha256 of what was pulled
     models/url/<12 hex of the URL>/<file name>      plain URL downloads (+ .quorum-url.json)
+    models/registry/<name>/<file name>              a registry model (+ .quorum-registry.json)
 
 A file is only ever renamed into place after its size and checksum were checked; anything
 still arriving is a `.part` file beside it.
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from quorum_tui import paths
+from quorum_tui.engine.gguf_info import inspect_model, split_part, split_parts
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.download import PART_SUFFIX
-from quorum_tui.models.hub import quant_tag, split_part
+from quorum_tui.models.hub import group_key, quant_tag
 
 REPO_MANIFEST = ".quorum-repo.json"
 URL_MANIFEST = ".quorum-url.json"
+REGISTRY_MANIFEST = ".quorum-registry.json"
 
 
 def models_dir() -> Path:
@@ -38,6 +41,10 @@ def repo_dir(repo: str) -> Path:
 
 def url_dir(url: str) -> Path:
     return models_dir() / "url" / hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def registry_dir(name: str) -> Path:
+    return models_dir() / "registry" / name
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -119,7 +126,7 @@ def cached_models(describe: bool = True) -> list[CachedModel]:
         repo = f"{base.parent.name}/{base.name}"
         for first, parts in _groups(base):
             rel = first.relative_to(base).as_posix()
-            tag = quant_tag(rel[: -len(".gguf")].split("-00001-of-")[0])
+            tag = quant_tag(group_key(rel))
             name = f"{repo}:{tag}" if tag else f"{repo}/{rel}"
             found.append(_model(name, first, parts, f"hf:{repo}", describe))
     urls = root / "url"
@@ -127,6 +134,13 @@ def cached_models(describe: bool = True) -> list[CachedModel]:
         url = str(read_json(manifest).get("url", ""))
         for first, parts in _groups(manifest.parent):
             found.append(_model(url or first.name, first, parts, "url", describe))
+    registry = root / "registry"
+    for manifest in sorted(registry.glob(f"*/{REGISTRY_MANIFEST}")) if registry.is_dir() else []:
+        data = read_json(manifest)
+        path = manifest.parent / str(data.get("file", ""))
+        if path.is_file():
+            name = str(data.get("name") or manifest.parent.name)
+            found.append(_model(name, path, (path,), "registry", describe))
     return _unique_names(found)
 
 
@@ -138,10 +152,7 @@ def _groups(base: Path) -> list[tuple[Path, tuple[Path, ...]]]:
         if split is None:
             out.append((path, (path,)))
         elif split[1] == 1:
-            parts = tuple(
-                path.with_name(f"{split[0]}-{i:05d}-of-{split[2]:05d}.gguf")
-                for i in range(1, split[2] + 1)
-            )
+            parts = tuple(split_parts(path))
             if all(p.is_file() for p in parts):
                 out.append((path, parts))
     return out
@@ -154,9 +165,7 @@ def _model(
     layers = quant = None
     if describe:
         with contextlib.suppress(QuorumError, OSError):
-            from quorum_tui.models.preview import describe_local
-
-            info = describe_local(parts)
+            info = inspect_model(first)
             layers, quant = info.n_layers, info.quant
     return CachedModel(name, first, parts, size, source, layers, quant)
 

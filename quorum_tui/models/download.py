@@ -177,7 +177,7 @@ class Downloader:
     def fetch(self, target: Target, index: int = 1, count: int = 1) -> Path:
         """Download `target` into place and return its path; resume any `.part` left before."""
         target.dest.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(target):
+        with exclusive(target.dest, target.name):
             return self._fetch(target, index, count)
 
     def _fetch(self, target: Target, index: int, count: int) -> Path:
@@ -364,15 +364,15 @@ class Downloader:
 
 
 @contextlib.contextmanager
-def _exclusive(target: Target) -> Iterator[None]:
+def exclusive(dest: Path, name: str) -> Iterator[None]:
     """Hold a lock on `NAME.part.lock` so two processes never append to one `.part` file."""
-    lock = target.dest.with_name(target.dest.name + PART_SUFFIX + ".lock")
+    lock = dest.with_name(dest.name + PART_SUFFIX + ".lock")
     with lock.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise QuorumError(
-                f"another Quorum process is downloading {target.name}: wait for it to finish"
+                f"another Quorum process is downloading {name}: wait for it to finish"
             ) from None
         try:
             yield

@@ -162,17 +162,3 @@ def _tensor_bytes(name: str, dims: list[int], ttype: int) -> int:
     for d in dims:
         elements *= d
     return elements // block * size
-
-
-def read_local_header(path: str, chunk: int = 1 << 20) -> Header:
-    """The header of a local GGUF file, reading only as much of it as needed."""
-    with open(path, "rb") as f:
-        buf = f.read(chunk)
-        while True:
-            try:
-                return parse_header(buf)
-            except NeedMore as more:
-                extra = f.read(max(more.size - len(buf), len(buf)))
-                if not extra:
-                    raise QuorumError(f"{path} is truncated inside its GGUF header") from None
-                buf += extra

