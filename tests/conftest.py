@@ -44,6 +44,13 @@ def tiny_model(make_model: Callable[..., Path]) -> Path:
     return make_model(n_layers=5)
 
 
+@pytest.fixture(scope="session")
+def slow_model(make_model: Callable[..., Path]) -> Path:
+    """8 layers of width 512 (f16): about 150 tokens/s through a local worker, so a long
+    reply lasts seconds and a test can act in the middle of it."""
+    return make_model(n_layers=8, n_embd=512, n_head=8, n_vocab=800, dtype="f16")
+
+
 @pytest.fixture
 def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     """An empty LocalCluster; `local_cluster.start(n)` adds real workers, stopped afterwards."""

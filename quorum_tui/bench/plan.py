@@ -23,10 +23,11 @@ from typing import Any
 
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.localcluster import LocalCluster
-from quorum_tui.engine.measure import Trial, TrialResult, measure_cluster, run_trials
+from quorum_tui.engine.measure import measure_cluster
 from quorum_tui.engine.plan import LayerPlan, WorkerRef, even_counts
 from quorum_tui.engine.planner import ClusterProfile, CostModel, compositions, explain, solve
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
+from quorum_tui.engine.trials import Trial, TrialResult, run_trials
 from quorum_tui.errors import QuorumError
 
 

@@ -28,8 +28,9 @@ from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
 from quorum_tui.cluster.inventory import Inventory
 from quorum_tui.cluster.sessions import HostSession, connect
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
-from quorum_tui.engine.measure import Trial, link_rtt, run_trials
+from quorum_tui.engine.measure import link_rtt
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.trials import Trial, run_trials
 from quorum_tui.errors import QuorumError
 
 TINY_MODEL = "synthetic:layers=5"

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from quorum_tui.engine.coordinator import QUORUM_ROUTE
+from quorum_tui.deploy.gateway import PLAN_ROUTE
 from quorum_tui.errors import QuorumError
 
 DONE = "[DONE]"
@@ -216,7 +216,7 @@ class ChatClient:
         """The realized plan a Quorum coordinator reports at /quorum/plan, as one line."""
         root = self.base_url.removesuffix("/v1")
         try:
-            response = await self.http.get(f"{root}{QUORUM_ROUTE}")
+            response = await self.http.get(f"{root}{PLAN_ROUTE}")
             body = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, json.JSONDecodeError):
             return None

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from quorum_tui.cluster.bringup import (
     BringUpOptions,
     Cluster,
-    bring_up,
     check,
     down,
     supervise,
@@ -26,7 +23,6 @@ from quorum_tui.cluster.inventory import (
     add_host,
     load_inventory,
     remove_host,
-    resolve_path,
 )
 from quorum_tui.errors import QuorumError
 from quorum_tui.units import human_bytes
@@ -198,9 +194,14 @@ def print_results(cluster: Any, as_json: bool) -> None:
 
 
 async def _up(inv: Any, args: argparse.Namespace) -> int:
+    from quorum_tui.deploy.deployment import Deployment, Target
+
     options = options_from_args(args)
-    cluster = await bring_up(inv, options)
-    try:
+    target = Target(cluster_file=inv.path, bring_up=options, all_hosts=False)
+    async with Deployment(target) as deployment:
+        await deployment.connect_workers()
+        cluster = deployment.cluster
+        assert cluster is not None
         print_results(cluster, args.json)
         if not cluster.up:
             raise QuorumError("no host came up")
@@ -213,8 +214,6 @@ async def _up(inv: Any, args: argparse.Namespace) -> int:
                 flush=True,
             )
             await supervise(cluster, options, args.interval)
-    finally:
-        await cluster.close()
     return 0 if not cluster.failed else 1
 
 
@@ -263,45 +262,3 @@ def print_samples(samples: list[Any]) -> None:
             f"{s.load[1]:.2f} {s.load[2]:.2f}"
         )
     print(flush=True)
-
-
-@contextlib.asynccontextmanager
-async def brought_up(args: argparse.Namespace, quiet: bool = False) -> AsyncIterator[Cluster]:
-    """The `--cluster FILE` hosts brought up with their tunnels (warnings printed), closed after;
-    the workers keep running."""
-    if args.worker:
-        raise QuorumError("use either --cluster or --worker, not both")
-    inv = load_inventory(resolve_path(args.cluster))
-    cluster = await bring_up(inv, options_from_args(args, quiet=quiet))
-    try:
-        cluster.require_all()
-        for r in cluster.results:
-            for warning in r.warnings:
-                print(f"warning: {r.host.name}: {warning}", file=sys.stderr)
-        yield cluster
-    finally:
-        await cluster.close()
-
-
-async def with_cluster(args: argparse.Namespace, mode: str) -> int:
-    """`quorum run|serve --cluster FILE`: bring-up, tunnels and the engine in one loop."""
-    from quorum_tui.cli.engine_cmds import make_job, plan_from_args, resolve, run_job, serve_job
-    from quorum_tui.engine.gguf_info import inspect_model
-
-    if args.worker:
-        raise QuorumError("use either --cluster or --worker, not both")
-    path = resolve(args.model)
-    info = inspect_model(path)
-    async with brought_up(args) as cluster:
-        if getattr(args, "auto", False):
-            from quorum_tui.engine.measure import auto_plan
-
-            if args.split:
-                raise QuorumError("--auto chooses the split itself: give --auto or --split")
-            plan, _ = await auto_plan(info, cluster.workers, args.ctx)
-        else:
-            plan = plan_from_args(info, cluster.workers, args.split)
-        job = make_job(args, path, plan, mode)
-        if mode == "run":
-            return await run_job(job, plan, args.report)
-        return await serve_job(job, plan)

@@ -7,12 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from quorum_tui import paths
-from quorum_tui.engine.gguf_info import inspect_model
-from quorum_tui.engine.localcluster import LocalCluster
-from quorum_tui.engine.plan import LayerPlan
 from quorum_tui.errors import QuorumError
-from quorum_tui.models.resolve import resolve_model
 from quorum_tui.tui.session import DEMO_MODEL, DEMO_WORKERS
 
 DEMO_PROMPT = "Once upon a time"
@@ -45,17 +40,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def headless(args: argparse.Namespace) -> int:
-    from quorum_tui.cli.engine_cmds import run_job
-    from quorum_tui.engine.coordinator import Job
+    return asyncio.run(_headless(args))
 
-    path = resolve_model(args.model or DEMO_MODEL)
-    info = inspect_model(path)
-    print(f"model: {info.name} ({info.n_layers} layers)", file=sys.stderr)
-    with LocalCluster(paths.ensure(paths.data_dir() / "demo-workers")) as cluster:
-        print(f"starting {args.workers} local workers...", file=sys.stderr)
-        cluster.start(args.workers)
-        plan = LayerPlan.even(info.n_layers, cluster.refs)
-        print(f"plan: {plan.summary()}", file=sys.stderr)
-        job = Job(str(path), list(plan.workers), list(plan.counts), prompt=DEMO_PROMPT,
-                  n_predict=args.n_predict)  # fmt: skip
-        return asyncio.run(run_job(job, plan, None))
+
+async def _headless(args: argparse.Namespace) -> int:
+    from quorum_tui.cli.deploy_args import DeployPrinter
+    from quorum_tui.deploy.deployment import Deployment, Target
+    from quorum_tui.engine.completion import CompletionRequest
+
+    print(f"starting {args.workers} local workers...", file=sys.stderr)
+    async with Deployment(Target(local_workers=args.workers), on_event=DeployPrinter()) as demo:
+        prepared = await demo.prepare(args.model or DEMO_MODEL)
+        print(f"model: {prepared.info.name} ({prepared.info.n_layers} layers)", file=sys.stderr)
+        print(f"plan: {prepared.plan.summary()}", file=sys.stderr)
+        await demo.start(prepared)
+        result = await demo.run(CompletionRequest(DEMO_PROMPT, args.n_predict), sys.stdout)
+    print(f"\n{result.done.completion_tokens} tokens, {result.done.tokens_per_s:.1f} tokens/s",
+          file=sys.stderr)  # fmt: skip
+    return 0

@@ -5,14 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from quorum_tui.cli.deploy_args import (
+    DeployPrinter,
+    add_cluster_args,
+    add_model_args,
+    plan_request,
+    settings_from_args,
+    target_from_args,
+)
+from quorum_tui.deploy.deployment import Access, Deployment
+from quorum_tui.deploy.gateway import PLAN_ROUTE
 from quorum_tui.engine.endpoint import parse_endpoint
-from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
-from quorum_tui.engine.plan import LayerPlan, WorkerRef, parse_split, plan_from_assignment
+from quorum_tui.engine.gguf_info import inspect_model
+from quorum_tui.engine.plan import plan_from_assignment
 from quorum_tui.engine.probe import ProbeResult, probe_all
 from quorum_tui.errors import QuorumError
 from quorum_tui.units import human_bytes
@@ -43,8 +54,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("plan", help="show a layer plan, its memory and llama.cpp parameters")
+    p = sub.add_parser("plan", help="show a layer plan, its memory and llama-server's parameters")
     add_model_args(p)
+    add_cluster_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
@@ -52,6 +64,7 @@ def register(sub: Subparsers) -> None:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
     add_cluster_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -73,25 +86,6 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "model",
-        help="a .gguf path, owner/repo:QUANT, owner/repo/file.gguf, an https URL, "
-        "or synthetic:layers=N,...",
-    )
-    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT")
-    p.add_argument("--split", help="layers per stage, coordinator first: C,W1,...,Wn")
-    p.add_argument("--ctx", type=int, default=2048, help="context length (tokens)")
-    p.add_argument(
-        "--auto", action="store_true", help="measure the workers; the planner picks order and split"
-    )
-
-
-def add_cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", type=Path, metavar="FILE", help="bring up these hosts' workers")
-    p.add_argument("--accept-new-host-keys", action="store_true")
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -175,40 +169,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def workers_from_args(args: argparse.Namespace) -> list[WorkerRef]:
-    refs = []
-    for index, endpoint in enumerate(args.worker, start=1):
-        parse_endpoint(endpoint, numeric=False)
-        refs.append(WorkerRef(f"w{index}", endpoint))
-    return refs
-
-
-def plan_from_args(info: ModelInfo, workers: list[WorkerRef], split: str | None) -> LayerPlan:
-    if split is None:
-        return LayerPlan.even(info.n_layers, workers)
-    return LayerPlan.from_counts(info.n_layers, parse_split(split), workers)
-
-
-def prepare(args: argparse.Namespace) -> tuple[Path, ModelInfo, LayerPlan]:
-    path = resolve(args.model)
-    info = inspect_model(path)
-    workers = workers_from_args(args)
-    if getattr(args, "auto", False):
-        from quorum_tui.engine.measure import auto_plan
-
-        if args.split:
-            raise QuorumError("--auto chooses the split itself: give --auto or --split, not both")
-        plan, args.explanation = asyncio.run(auto_plan(info, workers, args.ctx))
-        return path, info, plan
-    plan = plan_from_args(info, workers, args.split)
-    return path, info, plan
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
+    return asyncio.run(_plan(args))
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    from quorum_tui.engine.llama_server import ServerOptions, server_argv
     from quorum_tui.engine.memory import stage_memory
 
-    _, info, plan = prepare(args)
-    results = asyncio.run(probe_all([w.endpoint for w in plan.workers]))
+    settings = settings_from_args(args)
+    printer = DeployPrinter()
+    async with Deployment(target_from_args(args), settings, on_event=printer) as deployment:
+        prepared = await deployment.prepare(args.model, plan_request(args))
+        plan, info = prepared.plan, prepared.info
+        results = await probe_all([w.endpoint for w in plan.workers])
+        threads = deployment.threads
     refuse = [
         f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
         for w, r in zip(plan.workers, results, strict=True)
@@ -216,9 +191,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ]
     if refuse:
         raise QuorumError("; ".join(refuse))
-    memory = stage_memory(info, plan, args.ctx)
+    memory = stage_memory(info, plan, settings.ctx, settings.slots)
     free: list[int | None] = [_local_free(), *(r.free if r.ok else None for r in results)]
-    params = plan.to_llama_params()
+    counts = [len(r.devices) if r.ok else 1 for r in results] or None
+    params = plan.to_llama_params(counts)
+    options = ServerOptions(ctx=settings.ctx, slots=settings.slots, threads=threads,
+                            repack=settings.repack)  # fmt: skip
+    argv = server_argv(prepared.path, plan, options, counts)
     rows: list[dict[str, Any]] = []
     for index, (stage, mem, avail) in enumerate(zip(plan.stages, memory, free, strict=True)):
         rows.append(
@@ -235,20 +214,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "model": info.path,
-                    "ctx": args.ctx,
-                    "stages": rows,
-                    "llama": asdict(params),
-                    **_planner_json(args),
-                },
-                indent=2,
-            )
-        )
+        body: dict[str, Any] = {
+            "model": info.path,
+            "ctx": settings.ctx,
+            "slots": settings.slots,
+            "threads": threads,
+            "stages": rows,
+            "llama": asdict(params),
+            "llama_server": argv[1:],
+        }
+        if prepared.explanation is not None:
+            body["planner"] = prepared.explanation.to_json()
+        print(json.dumps(body, indent=2))
         return 0
-    print(f"{info.name}: {info.n_layers} layers, context {args.ctx}")
+    print(f"{info.name}: {info.n_layers} layers, context {settings.ctx} x {settings.slots} slots")
     for row in rows:
         layers = "-" if row["layers"] is None else "{}-{}".format(*row["layers"])
         out = " +output" if row["output"] else ""
@@ -263,6 +242,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     split = ", ".join(f"{x:g}" for x in params.tensor_split)
     print(f"llama.cpp: n_gpu_layers={params.n_gpu_layers} tensor_split=[{split}] split_mode=layer")
     print(f"device order: {', '.join(params.devices) or '(none)'}")
+    print("llama-server " + " ".join(shlex.quote(a) for a in argv[1:]))
     return 0
 
 
@@ -272,150 +252,52 @@ def _local_free() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def make_job(args: argparse.Namespace, path: Path, plan: LayerPlan, mode: str) -> Any:
-    from quorum_tui.engine.coordinator import Job
-
-    job = Job(
-        model=str(path),
-        workers=list(plan.workers),
-        counts=list(plan.counts),
-        mode=mode,
-        ctx=args.ctx,
-    )
-    if mode == "run":
-        job.prompt = args.prompt
-        job.n_predict = args.n_predict
-        job.temp = args.temp
-        job.seed = args.seed
-    else:
-        job.host = args.host
-        job.port = args.port
-    return job
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    if getattr(args, "cluster", None):
-        from quorum_tui.cli.cluster_cmds import with_cluster
-
-        return asyncio.run(with_cluster(args, "run"))
-    path, _, plan = prepare(args)
-    job = make_job(args, path, plan, "run")
-    code = asyncio.run(run_job(job, plan, args.report))
-    explanation = getattr(args, "explanation", None)
-    if explanation is not None:
-        print(f"planner predicted {explanation.predicted_tps:.1f} tokens/s", file=sys.stderr)
-        if args.report:
-            report = json.loads(args.report.read_text())
-            report["planner"] = explanation.to_json()
-            args.report.write_text(json.dumps(report, indent=2) + "\n")
-    return code
+    return asyncio.run(_run(args))
 
 
-def _planner_json(args: argparse.Namespace) -> dict[str, Any]:
-    explanation = getattr(args, "explanation", None)
-    return {"planner": explanation.to_json()} if explanation is not None else {}
+async def _run(args: argparse.Namespace) -> int:
+    from quorum_tui.engine.completion import CompletionRequest
 
-
-async def run_job(job: Any, plan: LayerPlan, report: Path | None, out: Any = None) -> int:
-    from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
-
-    stream = out or sys.stdout
-    results = await preflight(plan.workers)
-    job.device_counts = [len(r.devices) for r in results] or None
-    proc = CoordinatorProcess(job)
-    await proc.start()
-    loaded: dict[str, Any] = {}
-    done: dict[str, Any] = {}
-    try:
-        async for event in proc.events():
-            kind = event["event"]
-            if kind == "token":
-                stream.write(event["text"])
-                stream.flush()
-            elif kind == "loaded":
-                loaded = event
-            elif kind == "done":
-                done = event
-    except asyncio.CancelledError:
-        await proc.stop()
-        raise
-    finally:
-        if proc.running:
-            await proc.stop()
-    stream.write("\n")
-    stream.flush()
-    if proc.returncode != 0 or not done:
-        raise QuorumError(await proc.failure_reason())
-    realized = loaded["realized"]
-    summary = build_report(plan, realized, loaded, done)
-    realized_plan, _ = plan_from_assignment(realized, plan.workers)
+    request = CompletionRequest(args.prompt, args.n_predict, args.temp, args.seed)
+    settings = settings_from_args(args)
+    async with Deployment(target_from_args(args), settings, on_event=DeployPrinter()) as deployment:
+        prepared = await deployment.prepare(args.model, plan_request(args))
+        await deployment.start(prepared)
+        result = await deployment.run(request, sys.stdout)
+    result.explanation = prepared.explanation
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    realized_plan, _ = plan_from_assignment(result.realized, result.plan.workers)
+    done = result.done
     print(
-        f"realized split: {realized_plan.summary()} | {done['completion_tokens']} tokens, "
-        f"{done['tokens_per_s']:.1f} tokens/s, load {loaded['load_s']:.2f}s",
+        f"realized split: {realized_plan.summary()} | {done.completion_tokens} tokens, "
+        f"{done.tokens_per_s:.1f} tokens/s, load {result.load_s:.2f}s",
         file=sys.stderr,
     )
-    if report:
-        report.write_text(json.dumps(summary, indent=2) + "\n")
+    if prepared.explanation is not None:
+        print(f"planner predicted {prepared.explanation.predicted_tps:.1f} tokens/s",
+              file=sys.stderr)  # fmt: skip
+    if args.report:
+        args.report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return 0
 
 
-def build_report(
-    plan: LayerPlan, realized: list[int], loaded: dict[str, Any], done: dict[str, Any]
-) -> dict[str, Any]:
-    """The `--report` JSON, with each stage's layers read from the realized assignment."""
-    stages = []
-    *layers, output = realized
-    for index, stage in enumerate(plan.stages):
-        mine = [il for il, s in enumerate(layers) if s == index]
-        stages.append(
-            {
-                "name": stage.name,
-                "endpoint": stage.endpoint,
-                "layers": [mine[0], mine[-1]] if mine else None,
-            }
-        )
-    return {
-        "stages": stages,
-        "output_stage": output,
-        "prompt_tokens": done["prompt_tokens"],
-        "completion_tokens": done["completion_tokens"],
-        "tokens_per_s": done["tokens_per_s"],
-        "ttft_s": done["ttft_s"],
-        "load_s": loaded["load_s"],
-    }
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    if getattr(args, "cluster", None):
-        from quorum_tui.cli.cluster_cmds import with_cluster
-
-        return asyncio.run(with_cluster(args, "serve"))
-    path, _, plan = prepare(args)
-    job = make_job(args, path, plan, "serve")
-    return asyncio.run(serve_job(job, plan))
+    return asyncio.run(_serve(args))
 
 
-async def serve_job(job: Any, plan: LayerPlan) -> int:
-    from quorum_tui.engine.coordinator import QUORUM_ROUTE
-    from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
-
-    results = await preflight(plan.workers)
-    job.device_counts = [len(r.devices) for r in results] or None
-    proc = CoordinatorProcess(job)
-    await proc.start()
-    print(f"loading {job.model} with plan: {plan.summary()}", file=sys.stderr)
-    try:
-        async for event in proc.events():
-            if event["event"] == "loaded":
-                print(f"loaded in {event['load_s']:.2f}s; llama.cpp realized the plan exactly",
-                      file=sys.stderr)  # fmt: skip
-            elif event["event"] == "ready":
-                base = event["url"].removesuffix("/v1")
-                print(f"serving OpenAI-compatible API at {event['url']}", flush=True)
-                print(f"realized assignment: {base}{QUORUM_ROUTE}", flush=True)
-    finally:
-        await proc.stop()
-    raise QuorumError(await proc.failure_reason())
+async def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    access = Access(args.host, args.port, args.api_key)
+    printer = DeployPrinter(loading=True)
+    async with Deployment(target_from_args(args), settings, access, printer) as deployment:
+        prepared = await deployment.prepare(args.model, plan_request(args))
+        url = await deployment.start(prepared)
+        print(f"serving OpenAI-compatible API at {url}/v1", flush=True)
+        print(f"realized assignment: {url}{PLAN_ROUTE}", flush=True)
+        reason = await deployment.wait()
+    raise QuorumError(reason or "the coordinator stopped")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

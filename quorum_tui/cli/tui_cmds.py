@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from quorum_tui.engine.endpoint import parse_endpoint
-from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.cli.deploy_args import (
+    add_engine_args,
+    add_worker_arg,
+    settings_from_args,
+    workers_from_args,
+)
+from quorum_tui.engine.settings import EngineSettings
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("tui", help="open the Quorum app (what `quorum` alone does)")
     p.add_argument("--model", help="a model spec to load at start")
-    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT",
-                   help="a worker to plan over (repeatable)")  # fmt: skip
-    p.add_argument("--ctx", type=int, default=2048, help="context length (default 2048)")
+    add_worker_arg(p, help="a worker to plan over (repeatable)")
+    add_engine_args(p)
     p.set_defaults(func=cmd_tui)
 
 
@@ -28,14 +32,12 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from quorum_tui.tui.app import QuorumApp
     from quorum_tui.tui.session import Setup
 
-    workers = []
-    for index, endpoint in enumerate(getattr(args, "worker", None) or [], start=1):
-        parse_endpoint(endpoint, numeric=False)
-        workers.append(WorkerRef(f"w{index}", endpoint))
+    workers = workers_from_args(args)
+    settings = settings_from_args(args) if hasattr(args, "ctx") else EngineSettings()
     setup = Setup(
         model=getattr(args, "model", None),
         workers=workers,
-        ctx=getattr(args, "ctx", 2048),
+        settings=settings,
         offer_demo=not workers and not cluster_file_exists(),
     )
     run_app(QuorumApp(setup))

@@ -15,7 +15,8 @@ KV_BYTES_PER_ELEMENT = 2
 """llama.cpp's default KV cache type is f16."""
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
-_SPLIT_NAME = re.compile(r"^(.*)-00001-of-(\d{5})\.gguf$")
+_SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+"""llama.cpp's name for one part of a split model: `stem-00002-of-00003.gguf`."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,26 @@ class ModelInfo:
         data["layer_bytes"] = list(self.layer_bytes)
         data["weight_bytes"] = self.weight_bytes
         return data
+
+
+def split_part(name: str) -> tuple[str, int, int] | None:
+    """`x-00002-of-00003.gguf` -> ('x', 2, 3); None for a file that is not a split part."""
+    m = _SPLIT_NAME.match(name)
+    return (m["stem"], int(m["part"]), int(m["count"])) if m else None
+
+
+def split_part_name(stem: str, index: int, count: int) -> str:
+    """('x', 2, 3) -> `x-00002-of-00003.gguf`."""
+    return f"{stem}-{index:05d}-of-{count:05d}.gguf"
+
+
+def split_parts(path: Path) -> list[Path]:
+    """Every part beside `path` when it is part 1 of a split model, else just `path`."""
+    split = split_part(path.name)
+    if split is None or split[1] != 1:
+        return [path]
+    stem, _, count = split
+    return [path.with_name(split_part_name(stem, i, count)) for i in range(1, count + 1)]
 
 
 def inspect_model(path: str | Path) -> ModelInfo:
@@ -166,12 +187,12 @@ def _later_parts(
     from gguf import GGUFReader
 
     count = fields.get("split.count")
-    match = _SPLIT_NAME.match(first.name)
-    if not isinstance(count, int) or count < 2 or not match:
+    split = split_part(first.name)
+    if not isinstance(count, int) or count < 2 or split is None or split[1] != 1:
         return [], size
     rows: list[tuple[str, int, int, str]] = []
     for index in range(2, count + 1):
-        part = first.with_name(f"{match[1]}-{index:05d}-of-{count:05d}.gguf")
+        part = first.with_name(split_part_name(split[0], index, count))
         if not part.is_file():
             raise QuorumError(f"{first} is part 1 of {count} but {part.name} is missing beside it")
         rows += [(t.name, int(t.n_bytes), 0, t.tensor_type.name) for t in GGUFReader(part).tensors]

@@ -1,4 +1,4 @@
-"""Memory a stage needs: weights + KV cache at the chosen context + a compute allowance."""
+"""Memory a stage needs: weights + KV cache for every slot's context + a compute allowance."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan
+from quorum_tui.engine.settings import DEFAULT_SLOTS
 
 UBATCH = 512
 """llama.cpp's default micro-batch: the compute buffers are sized for it."""
@@ -37,8 +38,10 @@ def compute_bytes(info: ModelInfo, holds_output: bool, ctx: int) -> int:
     return activations + attention + logits
 
 
-def stage_memory(info: ModelInfo, plan: LayerPlan, ctx: int) -> list[StageMemory]:
-    """The estimate for every stage of `plan`, coordinator first."""
+def stage_memory(
+    info: ModelInfo, plan: LayerPlan, ctx: int, slots: int = DEFAULT_SLOTS
+) -> list[StageMemory]:
+    """The estimate for every stage of `plan`, coordinator first, with `ctx` tokens per slot."""
     out = []
     for index, stage in enumerate(plan.stages):
         weights = sum(info.layer_bytes[i] for i in stage.layers)
@@ -47,17 +50,17 @@ def stage_memory(info: ModelInfo, plan: LayerPlan, ctx: int) -> list[StageMemory
             weights += info.output_bytes
         if index == 0:
             weights += info.embedding_bytes
-        kv = stage.count * ctx * info.kv_bytes_per_token_per_layer
+        kv = stage.count * ctx * slots * info.kv_bytes_per_token_per_layer
         busy = stage.count > 0 or holds_output
         compute = compute_bytes(info, holds_output, ctx) if busy else 0
         out.append(StageMemory(weights, kv, compute))
     return out
 
 
-def whole_model_memory(info: ModelInfo, ctx: int) -> StageMemory:
+def whole_model_memory(info: ModelInfo, ctx: int, slots: int = DEFAULT_SLOTS) -> StageMemory:
     """What running the whole model in one process needs."""
     return StageMemory(
         info.weight_bytes,
-        info.n_layers * ctx * info.kv_bytes_per_token_per_layer,
+        info.n_layers * ctx * slots * info.kv_bytes_per_token_per_layer,
         compute_bytes(info, True, ctx),
     )

@@ -24,6 +24,7 @@ import numpy as np
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import StageMemory, compute_bytes, whole_model_memory
 from quorum_tui.engine.plan import MAX_WORKERS, LayerPlan, WorkerRef
+from quorum_tui.engine.settings import DEFAULT_SLOTS
 from quorum_tui.errors import QuorumError
 from quorum_tui.units import human_bytes
 
@@ -121,6 +122,7 @@ class CostModel:
 
     info: ModelInfo
     ctx: int
+    slots: int = DEFAULT_SLOTS
 
     @property
     def output_factor(self) -> float:
@@ -153,7 +155,7 @@ class CostModel:
             weights += info.output_bytes
         if coordinator:
             weights += info.embedding_bytes
-        kv = count * self.ctx * info.kv_bytes_per_token_per_layer
+        kv = count * self.ctx * self.slots * info.kv_bytes_per_token_per_layer
         busy = count > 0 or output
         return StageMemory(weights, kv, compute_bytes(info, output, self.ctx) if busy else 0)
 
@@ -295,9 +297,15 @@ class Explanation:
         return out
 
 
-def explain(info: ModelInfo, ctx: int, profile: ClusterProfile, plan: LayerPlan) -> Explanation:
+def explain(
+    info: ModelInfo,
+    ctx: int,
+    profile: ClusterProfile,
+    plan: LayerPlan,
+    slots: int = DEFAULT_SLOTS,
+) -> Explanation:
     """Predict the time per token and memory of any plan over (some of) the profiled stages."""
-    cost = CostModel(info, ctx)
+    cost = CostModel(info, ctx, slots)
     by_endpoint = {w.endpoint: w for w in profile.workers}
     stages = []
     total = profile.coordinator.fixed_s
@@ -322,7 +330,9 @@ def explain(info: ModelInfo, ctx: int, profile: ClusterProfile, plan: LayerPlan)
     return Explanation(plan, verdict, total, tuple(stages), profile.coordinator.fixed_s)
 
 
-def solve(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Explanation:
+def solve(
+    info: ModelInfo, ctx: int, profile: ClusterProfile, slots: int = DEFAULT_SLOTS
+) -> Explanation:
     """The plan with the least predicted time per token that fits everywhere.
 
     The coordinator holds the first layers and may use any subset of the workers in any
@@ -336,14 +346,13 @@ def solve(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Explanation:
     and positions exactly; beyond that the knapsack requires each count to fit at every
     position (safe), and the explanation says `exact: false`.
     """
-    matters = CostModel(info, ctx).position_matters(profile)
+    matters = CostModel(info, ctx, slots).position_matters(profile)
     if matters and len(profile.workers) <= SUBSET_LIMIT:
-        best = solve_exact(info, ctx, profile)
+        best = solve_exact(info, ctx, profile, slots)
     else:
-        best = solve_knapsack(info, ctx, profile)
-    return _finish(
-        info, ctx, profile, best, exact=not matters or len(profile.workers) <= SUBSET_LIMIT
-    )
+        best = solve_knapsack(info, ctx, profile, slots)
+    exact = not matters or len(profile.workers) <= SUBSET_LIMIT
+    return _finish(info, ctx, profile, best, exact, slots)
 
 
 SUBSET_LIMIT = 6
@@ -361,8 +370,10 @@ def _local_choice(cost: CostModel, coord: StageProfile, n: int) -> Choice | None
     return (coord.fixed_s + cost.compute_s(coord, n, True), [n], [])
 
 
-def solve_knapsack(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
-    cost = CostModel(info, ctx)
+def solve_knapsack(
+    info: ModelInfo, ctx: int, profile: ClusterProfile, slots: int = DEFAULT_SLOTS
+) -> Choice | None:
+    cost = CostModel(info, ctx, slots)
     n = info.n_layers
     coord = profile.coordinator
     workers = profile.workers
@@ -425,9 +436,11 @@ def _unwind(choices: list[list[int]], total: int) -> list[int]:
     return counts
 
 
-def solve_exact(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
+def solve_exact(
+    info: ModelInfo, ctx: int, profile: ClusterProfile, slots: int = DEFAULT_SLOTS
+) -> Choice | None:
     """Exact search over ordered worker subsets and layer ranges (DP over (subset, layer))."""
-    cost = CostModel(info, ctx)
+    cost = CostModel(info, ctx, slots)
     n = info.n_layers
     coord = profile.coordinator
     workers = profile.workers
@@ -459,9 +472,11 @@ def solve_exact(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | 
     return best
 
 
-def brute_force(info: ModelInfo, ctx: int, profile: ClusterProfile) -> Choice | None:
+def brute_force(
+    info: ModelInfo, ctx: int, profile: ClusterProfile, slots: int = DEFAULT_SLOTS
+) -> Choice | None:
     """Every order of every subset of workers and every split: for tests of small cases."""
-    cost = CostModel(info, ctx)
+    cost = CostModel(info, ctx, slots)
     n = info.n_layers
     best: Choice | None = None
     indices = range(len(profile.workers))
@@ -510,28 +525,34 @@ def _plan_time(
 
 
 def _finish(
-    info: ModelInfo, ctx: int, profile: ClusterProfile, best: Choice | None, exact: bool
+    info: ModelInfo,
+    ctx: int,
+    profile: ClusterProfile,
+    best: Choice | None,
+    exact: bool,
+    slots: int,
 ) -> Explanation:
-    cost = CostModel(info, ctx)
+    cost = CostModel(info, ctx, slots)
     coord = profile.coordinator
     local_ok = cost.fits(coord, 0, info.n_layers, True, True)
     local_s = coord.fixed_s + cost.compute_s(coord, info.n_layers, True)
     local_tps = 1.0 / local_s if local_ok and local_s > 0 else None
     if best is None:
-        need = whole_model_memory(info, ctx).total
+        need = whole_model_memory(info, ctx, slots).total
         have = sum(p.free or 0 for p in profile.stages)
         short = max(need - have, 0)
         if short:
             why = (
-                f"the model needs {human_bytes(need)} at context {ctx} (weights, KV cache and "
+                f"the model needs {human_bytes(need)} at context {ctx} x {slots} slots (weights, "
+                f"KV cache and "
                 f"compute) but the coordinator and the workers have {human_bytes(have)} free in "
-                f"all: {human_bytes(short)} short. Add workers or memory, or lower --ctx"
+                f"all: {human_bytes(short)} short. Add workers or memory, or lower --ctx or --slots"
             )
         else:
             why = (
                 f"no split fits: in all there is {human_bytes(have)} free for "
                 f"{human_bytes(need)}, but each stage also needs its own compute buffer and "
-                "whole layers; add a worker or memory, or lower --ctx"
+                "whole layers; add a worker or memory, or lower --ctx or --slots"
             )
         return Explanation(
             None, "too-big", INF, (), coord.fixed_s, (why,), None, max(short, 0), {"exact": exact}
@@ -539,7 +560,7 @@ def _finish(
     value, counts, order = best
     refs = [WorkerRef(profile.workers[i].name, profile.workers[i].endpoint or "") for i in order]
     plan = LayerPlan.from_counts(info.n_layers, counts, refs)
-    result = explain(info, ctx, profile, plan)
+    result = explain(info, ctx, profile, plan, slots)
     messages = []
     if not order:
         messages.append(

@@ -1,25 +1,36 @@
-"""Start and watch the coordinator child process; turn its death into a named reason."""
+"""Start and watch the coordinator (a llama-server child); turn its death into a named reason.
+
+llama.cpp aborts the whole process when a worker fails, which is why the model only ever
+loads in this child. Its output goes to a log file; the realized assignment is read from that
+log once the server answers, and a server that loaded anything else than the plan is stopped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import ctypes
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+import httpx
 
 from quorum_tui import paths
-from quorum_tui.engine.coordinator import Job
-from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.engine.llama_server import ServerOptions, server_argv
+from quorum_tui.engine.loadlog import differences, realized_assignment
+from quorum_tui.engine.plan import LayerPlan, LlamaParams, WorkerRef
 from quorum_tui.engine.probe import ProbeResult, probe_all
+from quorum_tui.engine.serverlog import LogPump
 from quorum_tui.errors import QuorumError
 
 NOISE = ("gdb", "ptrace", "backtrace", "No such process", "Could not attach")
+POLL = 0.05
+LIVENESS_TIMEOUT = 5.0
+"""Seconds llama-server may take to answer /metrics before the workers are probed."""
 
 
 async def preflight(workers: Sequence[WorkerRef], timeout: float = 3.0) -> list[ProbeResult]:
@@ -42,70 +53,193 @@ def new_log_path(kind: str = "coordinator") -> Path:
     return paths.ensure(paths.data_dir() / "logs") / f"{kind}-{stamp}-{os.getpid()}.log"
 
 
+@dataclass(frozen=True)
+class Loading:
+    """llama-server started and is loading the model."""
+
+    plan: LayerPlan
+    argv: tuple[str, ...]
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The model is loaded; `realized` is llama.cpp's assignment (stage per layer, output last)."""
+
+    plan: LayerPlan
+    realized: tuple[int, ...]
+    load_s: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """llama-server answers at `url` (its base URL, without /v1)."""
+
+    url: str
+
+
+CoordinatorEvent = Loading | Loaded | Ready
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """`{name: value}` of llama-server's Prometheus metrics (`llamacpp:` prefix dropped)."""
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("llamacpp:"):
+            with contextlib.suppress(ValueError):
+                out[name.removeprefix("llamacpp:")] = float(value)
+    return out
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the child when its parent dies, so no coordinator is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class CoordinatorProcess:
-    """One coordinator child: JSON events on its stdout, llama.cpp's log in a file."""
+    """One llama-server child serving one plan; its whole output in a log file."""
 
-    module = "quorum_tui.engine.coordinator"
-    """The child's `python -m` module; engine.measure runs its own child through this class."""
-
-    def __init__(self, job: Job, log_path: Path | None = None) -> None:
-        self.job = job
+    def __init__(
+        self,
+        model: Path | str,
+        plan: LayerPlan,
+        options: ServerOptions,
+        device_counts: Sequence[int] | None = None,
+        log_path: Path | None = None,
+        params: LlamaParams | None = None,
+    ) -> None:
+        self.model = Path(model)
+        self.plan = plan
+        self.options = options
+        self.device_counts = list(device_counts) if device_counts else None
+        self.argv = server_argv(model, plan, options, device_counts, params)
         self.log_path = log_path or new_log_path()
         self.proc: asyncio.subprocess.Process | None = None
-        self.last_error: dict[str, Any] | None = None
+        self.last_error: str | None = None
         self.dead_workers: list[str] = []
+        self.realized: tuple[int, ...] | None = None
+        self.mismatch: list[str] = []
+        self.pump: LogPump | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
 
     async def start(self) -> None:
-        env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")
         paths.ensure(self.log_path.parent)
-        with self.log_path.open("ab") as log:
+        read_end, write_end = os.pipe()
+        try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                self.module,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
                 env=env,
-                limit=1 << 20,
+                preexec_fn=_die_with_parent,
             )
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(self.job.to_json().encode())
-        await self.proc.stdin.drain()
-        self.proc.stdin.close()
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.pump = LogPump(read_end, self.log_path)
+        self.pump.start()
 
-    async def events(self, stall_check: float = 10.0) -> AsyncIterator[dict[str, Any]]:
-        """Every event the child writes, until it exits.
+    async def events(self, stall_check: float = 10.0) -> AsyncGenerator[CoordinatorEvent, None]:
+        """Loading, Loaded and Ready as they happen, then nothing until the child exits.
 
-        When the child says nothing for `stall_check` seconds, the workers are probed: a worker
-        that became unreachable without closing its connection (a host gone from the network)
-        would otherwise leave llama.cpp waiting forever, so the child is stopped and the
-        worker named.
+        While serving, llama-server's main loop is asked for /metrics every `stall_check`
+        seconds: a worker that left the network without closing its connection would
+        otherwise leave it waiting forever. When the loop does not answer, the workers are
+        probed, and one that is unreachable is named and the child stopped.
         """
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), stall_check)
-            except TimeoutError:
-                if await self._find_dead_workers():
-                    await self.stop()
-                continue
-            if not line:
-                break
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "error":
-                self.last_error = event
-            yield event
+        assert self.proc is not None
+        started = time.perf_counter()
+        yield Loading(self.plan, tuple(self.argv), self.log_path)
+        headers = (
+            {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
+        )
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=2.0) as http:
+            if not await self._wait_healthy(http, stall_check):
+                await self.proc.wait()
+                return
+            realized = self._read_assignment()
+            if realized is None:
+                await self.stop()
+                return
+            assert self.pump is not None
+            self.pump.quiet = True
+            yield Loaded(self.plan, realized, time.perf_counter() - started)
+            yield Ready(self.url)
+            await self._watch(http, stall_check)
         await self.proc.wait()
 
+    async def _wait_healthy(self, http: httpx.AsyncClient, stall_check: float) -> bool:
+        """Poll /health until it answers 200 or the child exits; workers that vanish while
+        the model loads are named, as while serving."""
+        assert self.proc is not None
+        probed = time.monotonic()
+        while self.proc.returncode is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/health")).status_code == 200:
+                    return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), POLL)
+            if time.monotonic() - probed > stall_check:
+                probed = time.monotonic()
+                if await self._find_dead_workers():
+                    await self.stop(grace=0.5)
+        return False
+
+    def _read_assignment(self) -> tuple[int, ...] | None:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        try:
+            realized = realized_assignment(
+                lines, self.plan.n_layers, self.plan.workers, self.device_counts
+            )
+        except QuorumError as exc:
+            self.last_error = f"llama.cpp did not load the plan: {exc}"
+            return None
+        self.realized = tuple(realized)
+        self.mismatch = differences(self.plan, realized)
+        if self.mismatch:
+            self.last_error = f"llama.cpp did not load the plan: {'; '.join(self.mismatch)}"
+            return None
+        return self.realized
+
+    async def _watch(self, http: httpx.AsyncClient, stall_check: float) -> None:
+        """Every `stall_check` s: a request in progress with no new llama_decode call since the
+        last look (or no answer at all) gets the workers probed; an unreachable one is named
+        and the child stopped."""
+        assert self.proc is not None
+        last: float | None = None
+        while self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), stall_check)
+                return
+            except TimeoutError:
+                pass
+            try:
+                reply = await http.get("/metrics", timeout=LIVENESS_TIMEOUT)
+                metrics = parse_metrics(reply.text)
+            except httpx.HTTPError:
+                metrics = {}
+            decodes = metrics.get("n_decode_total")
+            busy = metrics.get("requests_processing", 1.0) > 0
+            stalled = decodes is None or (busy and decodes == last)
+            last = decodes
+            if stalled and self.proc.returncode is None and await self._find_dead_workers():
+                await self.stop(grace=0.5)
+
     async def _find_dead_workers(self) -> list[str]:
-        results = await probe_all([w.endpoint for w in self.job.workers], timeout=2.0)
+        workers = self.plan.workers
+        results = await probe_all([w.endpoint for w in workers], timeout=2.0)
         self.dead_workers = [
             f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
-            for w, r in zip(self.job.workers, results, strict=True)
+            for w, r in zip(workers, results, strict=True)
             if r.status in ("unreachable", "incompatible")
         ]
         return self.dead_workers
@@ -118,7 +252,7 @@ class CoordinatorProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def stop(self, grace: float = 3.0) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
         """Terminate the child (SIGTERM, then SIGKILL) and wait for it."""
         if not self.proc or self.proc.returncode is not None:
             return
@@ -140,9 +274,11 @@ class CoordinatorProcess:
         return useful[-lines:]
 
     async def failure_reason(self) -> str:
-        """Why the child stopped: its own error, a dead worker by name, or its last log lines."""
+        """Why the child stopped: a refused plan, a dead worker by name, or its last log line."""
         if self.last_error:
-            return str(self.last_error.get("message"))
+            return self.last_error
+        if self.pump is not None:
+            await asyncio.to_thread(self.pump.join, 2.0)
         code = self.returncode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if self.dead_workers or code:

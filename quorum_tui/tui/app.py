@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,15 +9,18 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widget import Widget
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from quorum_tui import paths
+from quorum_tui.deploy.deployment import Deployment, Prepared, start_local_workers
+from quorum_tui.deploy.events import DeployEvent, Serving, Stopped
+from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.gguf_info import ModelInfo
-from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.supervisor import Loaded, Loading
 from quorum_tui.errors import QuorumError
 from quorum_tui.tui import messages as msg
+from quorum_tui.tui.chat import ChatPane
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.commands import QuorumCommands
 from quorum_tui.tui.dialogs import ConfirmDialog, HelpScreen
@@ -30,29 +31,13 @@ from quorum_tui.tui.layermap import LayerMap
 from quorum_tui.tui.layers_pane import LayersPane
 from quorum_tui.tui.model_actions import ModelActions
 from quorum_tui.tui.models_pane import ModelsPane
-from quorum_tui.tui.session import (
-    DEMO_WORKERS,
-    Setup,
-    differences,
-    is_synthetic,
-    proposal,
-)
+from quorum_tui.tui.session import DEMO_WORKERS, Setup, is_synthetic, proposal
 from quorum_tui.tui.ssh_actions import SshActions
 from quorum_tui.tui.sshhosts import SshHosts
 
 SAMPLE_EVERY = 2.0
 SYNTHETIC_REPLY_TOKENS = 48
 """Replies of a random-weights model are noise: keep them short."""
-TABS = ("cluster", "layers", "models", "chat")
-
-
-def chat_pane() -> Widget:
-    """The chat helper's ChatPane, or a placeholder when that module is missing."""
-    try:
-        from quorum_tui.tui.chat import ChatPane
-    except ImportError:
-        return Static("The chat pane is not available in this build.", id="chat-pane")
-    return ChatPane(id="chat-pane")
 
 
 class QuorumApp(SshActions, ModelActions):
@@ -84,13 +69,12 @@ class QuorumApp(SshActions, ModelActions):
         self.local_free_bytes: int | None = self.setup.local_free
         self.cluster: LocalCluster | None = None
         self.pids: dict[str, int] = {}
-        self.coordinator: Any = None
+        self.deployment = Deployment(settings=self.setup.settings, on_event=self.deployed)
         self.coordinator_state = "idle"
         self.serving_plan: LayerPlan | None = None
         self.realized: list[int] | None = None
         self.url: str | None = None
         self.errors: list[str] = []
-        self._stopping: set[int] = set()
         self.workers_in_use: set[str] = set()
         self.auto_plans: dict[tuple[str, tuple[WorkerRef, ...]], LayerPlan] = {}
         self._sampler = LocalSampler()
@@ -114,7 +98,7 @@ class QuorumApp(SshActions, ModelActions):
             with TabPane("Models", id="models"):
                 yield ModelsPane(id="models-pane")
             with TabPane("Chat", id="chat"):
-                yield chat_pane()
+                yield ChatPane(id="chat-pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -189,7 +173,7 @@ class QuorumApp(SshActions, ModelActions):
         free = self.stage_free(plan) if plan else []
         realized = self.realized if plan is not None and plan == self.serving_plan else None
         for pane in self.query(LayersPane):
-            pane.show(self.info, plan, free, self.setup.ctx, realized)
+            pane.show(self.info, plan, free, self.setup.settings, realized)
 
     def set_coordinator_status(self, text: str | Text | None = None) -> None:
         if text is None:
@@ -212,12 +196,10 @@ class QuorumApp(SshActions, ModelActions):
             pane.log_line(text)
 
     def set_chat_endpoint(self, url: str | None, summary: str) -> None:
-        pane = self.query_one("#chat-pane")
-        if self.info is not None and is_synthetic(self.info) and hasattr(pane, "max_tokens"):
+        pane = self.query_one(ChatPane)
+        if self.info is not None and is_synthetic(self.info):
             pane.max_tokens = SYNTHETIC_REPLY_TOKENS
-        setter = getattr(pane, "set_endpoint", None)
-        if setter is not None:
-            setter(url, summary)
+        pane.set_endpoint(url, summary)
 
     def replan(self) -> None:
         """A new plan from the planner when the model or the workers changed."""
@@ -226,9 +208,6 @@ class QuorumApp(SshActions, ModelActions):
         else:
             self.plan = proposal(self.info, self.worker_refs)
         self.show_plan()
-
-    def host_free(self, ref: WorkerRef) -> int | None:
-        return next((h.free for h in self.hosts if h.endpoint == ref.endpoint), None)
 
     # ----- actions
 
@@ -278,9 +257,9 @@ class QuorumApp(SshActions, ModelActions):
             self.plan = self.auto_plans[key]
             self.show_plan()
             self.notify(f"plan: {self.plan.summary()}")
-        elif not self.setup.live or self.coordinator is not None:
+        elif not self.setup.live or self.deployment.serving:
             self.replan()
-            why = "stop the coordinator to measure" if self.coordinator else "not measured"
+            why = "stop the coordinator to measure" if self.deployment.serving else "not measured"
             self.notify(f"even plan ({why}): {self.plan.summary() if self.plan else '-'}")
         elif not self.measuring:
             self.measure_plan(key)
@@ -289,26 +268,34 @@ class QuorumApp(SshActions, ModelActions):
     def measuring(self) -> bool:
         return any(w.is_running for w in self.workers if w.group == "auto")
 
+    @property
+    def coordinator_busy(self) -> bool:
+        return any(w.is_running for w in self.workers if w.group == "coordinator")
+
     @work(exclusive=True, group="auto", exit_on_error=False)
     async def measure_plan(self, key: tuple[str, tuple[WorkerRef, ...]]) -> None:
-        from quorum_tui.engine.measure import auto_plan
-
         assert self.info is not None
         workers = list(key[1])
         self.set_coordinator_status(
             f"Auto: measuring the coordinator and {len(workers)} worker(s), about half a minute..."
         )
         self.workers_in_use = {w.endpoint for w in workers}
-        out = io.StringIO()
+        self.deployment.use_workers(workers, self.local_count(workers))
         try:
-            plan, _ = await auto_plan(self.info, workers, self.setup.ctx, out)
+            plan, explanation = await self.deployment.plan(self.info, PlanRequest(auto=True))
         except QuorumError as exc:
             self.post_message(msg.Failed("auto plan", str(exc)))
             return
         finally:
             self.workers_in_use = set()
             self.set_coordinator_status()
-        self.post_message(msg.AutoPlanned(key, plan, out.getvalue().splitlines()))
+        lines = explanation.lines() if explanation else []
+        self.post_message(msg.AutoPlanned(key, plan, lines))
+
+    def local_count(self, workers: list[WorkerRef]) -> int:
+        """How many of `workers` are this app's local demo workers (they share its cores)."""
+        local = {r.endpoint for r in self.cluster.refs} if self.cluster else set()
+        return sum(1 for w in workers if w.endpoint in local)
 
     def on_auto_planned(self, message: msg.AutoPlanned) -> None:
         self.auto_plans[message.key] = message.plan
@@ -326,7 +313,7 @@ class QuorumApp(SshActions, ModelActions):
         self.show_plan()
 
     async def action_apply(self) -> None:
-        if self.plan is None or self.model_path is None:
+        if self.plan is None or self.model_path is None or self.info is None:
             self.notify("nothing to apply yet: a model and a plan are needed", severity="warning")
             return
         if self.measuring:
@@ -338,98 +325,70 @@ class QuorumApp(SshActions, ModelActions):
         self.coordinator_state = "preflight"
         self.set_coordinator_status(f"coordinator: checking the workers for {self.plan.summary()}")
         self.show_plan()
-        self.run_coordinator(self.plan, self.model_path)
+        self.run_coordinator(Prepared(self.model_path, self.info, self.plan))
 
     async def action_stop_coordinator(self) -> None:
-        was = self.coordinator is not None
+        was = self.deployment.serving or self.coordinator_busy
         await self.stop_coordinator()
         if was:
             self.coordinator_state = "stopped"
             self.set_coordinator_status()
 
     async def stop_coordinator(self, quitting: bool = False) -> None:
-        proc, self.coordinator = self.coordinator, None
+        self.workers.cancel_group(self, "coordinator")
+        await self.deployment.stop_coordinator()
         self.workers_in_use = set()
-        if proc is not None:
-            self._stopping.add(id(proc))
-            await proc.stop()
         self.url = None
         if not quitting:
             self.set_chat_endpoint(None, "")
 
     @work(exclusive=True, group="coordinator", exit_on_error=False)
-    async def run_coordinator(self, plan: LayerPlan, model: Path) -> None:
-        from quorum_tui.engine.coordinator import Job
-        from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
-
+    async def run_coordinator(self, prepared: Prepared) -> None:
+        workers = list(prepared.plan.workers)
+        self.deployment.use_workers(workers, self.local_count(workers))
+        self.workers_in_use = {w.endpoint for w in workers}
         try:
-            results = await preflight(plan.workers)
+            await self.deployment.start(prepared)
         except QuorumError as exc:
-            self.post_message(msg.CoordinatorStopped(plan, str(exc)))
-            return
-        job = Job(
-            model=str(model),
-            workers=list(plan.workers),
-            counts=list(plan.counts),
-            mode="serve",
-            ctx=self.setup.ctx,
-            port=free_port(),
-            alias=self.info.name if self.info else "",
-            device_counts=[len(r.devices) for r in results] or None,
-        )
-        proc = CoordinatorProcess(job)
-        self.coordinator = proc
-        self.workers_in_use = {w.endpoint for w in plan.workers}
-        try:
-            await proc.start()
-            async for event in proc.events():
-                self.post_message(msg.CoordinatorEvent(plan, event))
-        except asyncio.CancelledError:
-            self._stopping.add(id(proc))
-            await proc.stop()
-            raise
-        if id(proc) in self._stopping:
-            return
-        self.post_message(msg.CoordinatorStopped(plan, await proc.failure_reason()))
+            self.post_message(msg.CoordinatorStopped(prepared.plan, str(exc)))
 
-    def on_coordinator_event(self, message: msg.CoordinatorEvent) -> None:
+    def deployed(self, event: DeployEvent) -> None:
+        """The deployment's events, from the app's own event loop, as messages."""
+        self.post_message(msg.Deployed(event))
+
+    def on_deployed(self, message: msg.Deployed) -> None:
         event = message.event
-        kind = event.get("event")
-        plan = message.plan
-        if kind == "loading":
+        if isinstance(event, Loading):
             self.coordinator_state = "loading"
-            self.set_coordinator_status(f"coordinator: loading {plan.summary()}")
-        elif kind == "loaded":
-            self.realized = list(event["realized"])
+            self.set_coordinator_status(f"coordinator: loading {event.plan.summary()}")
+            self.note(f"coordinator log: {event.log_path}")
+        elif isinstance(event, Loaded):
+            self.realized = list(event.realized)
             self.show_plan()
-            names = [s.name for s in plan.stages]
-            wrong = differences(plan.assignment(), self.realized, names)
-            if wrong:
-                self.report("realized assignment", "; ".join(wrong))
-            else:
-                self.note(f"loaded in {event.get('load_s', 0):.1f}s: {plan.summary()}")
-        elif kind == "ready":
-            self.coordinator_state = "serving"
-            self.url = str(event["url"])
-            self.set_coordinator_status(
-                Text.assemble(("● ready: ", "bold green"), f"serving {plan.summary()}")
-            )
-            self.note(f"coordinator ready at {self.url}")
-            self.set_chat_endpoint(self.url, plan.summary())
-            self.hosts[0].state = "serving"
-            self.show_hosts()
-        elif kind == "error":
-            self.report("coordinator", str(event.get("message")))
+            self.note(f"loaded in {event.load_s:.1f}s: {event.plan.summary()}")
+        elif isinstance(event, Serving):
+            self.on_serving(event)
+        elif isinstance(event, Stopped) and event.reason is not None:
+            self.post_message(msg.CoordinatorStopped(event.plan, event.reason))
+
+    def on_serving(self, event: Serving) -> None:
+        self.coordinator_state = "serving"
+        self.url = event.url
+        plan = event.plan
+        self.set_coordinator_status(
+            Text.assemble(("● ready: ", "bold green"), f"serving {plan.summary()} at {event.url}")
+        )
+        self.note(f"coordinator ready at {self.url}")
+        self.set_chat_endpoint(self.url, plan.summary())
+        self.hosts[0].state = "serving"
+        self.show_hosts()
 
     def on_coordinator_stopped(self, message: msg.CoordinatorStopped) -> None:
-        self.coordinator = None
         self.workers_in_use = set()
         self.coordinator_state = "error"
         self.url = None
         self.set_chat_endpoint(None, message.plan.summary())
-        report = getattr(self.query_one("#chat-pane"), "report_error", None)
-        if report is not None:
-            report(f"The coordinator stopped: {message.reason}")
+        self.query_one(ChatPane).report_error(f"The coordinator stopped: {message.reason}")
         self.set_coordinator_status(
             Text.assemble(("✖ coordinator stopped: ", "bold red"), message.reason)
         )
@@ -474,17 +433,15 @@ class QuorumApp(SshActions, ModelActions):
             self.load_demo_model()
         self.start_demo(self.setup.demo_workers)
 
-    @work(thread=True, exclusive=True, group="demo", exit_on_error=False)
-    def start_demo(self, count: int) -> None:
-        cluster = LocalCluster(paths.ensure(paths.data_dir() / "demo-workers"))
-        self.cluster = cluster
-        self.post_message(msg.Note(f"starting {count} local workers on 127.0.0.1..."))
+    @work(exclusive=True, group="demo", exit_on_error=False)
+    async def start_demo(self, count: int) -> None:
+        self.note(f"starting {count} local workers on 127.0.0.1...")
         try:
-            cluster.start(count)
+            cluster = await start_local_workers(count)
         except QuorumError as exc:
-            cluster.stop()
             self.post_message(msg.Failed("demo cluster", str(exc)))
             return
+        self.cluster = cluster
         pids = {w.name: w.process.pid for w in cluster.workers}
         self.post_message(msg.DemoStarted(cluster.refs, pids))
 
@@ -562,6 +519,7 @@ class QuorumApp(SshActions, ModelActions):
 
     async def action_quit(self) -> None:
         await self.stop_coordinator(quitting=True)
+        await self.deployment.close()
         self.stop_cluster()
         await self.ssh.close()
         self.exit()
@@ -572,22 +530,18 @@ class QuorumApp(SshActions, ModelActions):
             cluster.stop()
 
     async def on_unmount(self) -> None:
-        if self.coordinator is not None:
-            await self.stop_coordinator(quitting=True)
+        await self.stop_coordinator(quitting=True)
+        await self.deployment.close()
         self.stop_cluster()
         await self.ssh.close()
         thaw_heap()
 
 
 def binding_holders() -> list[type[Any]]:
-    holders: list[type[Any]] = [QuorumApp, ClusterPane, LayerMap, LayersPane, ModelsPane]
-    try:
-        from quorum_tui.tui.chat import ChatPane
-
-        holders.append(ChatPane)
-    except ImportError:
-        pass
-    return [*holders, ConfirmDialog, HelpScreen]
+    return [
+        QuorumApp, ClusterPane, LayerMap, LayersPane, ModelsPane, ChatPane, ConfirmDialog,
+        HelpScreen,
+    ]  # fmt: skip
 
 
 HOLDER_NAMES = {

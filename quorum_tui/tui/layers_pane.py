@@ -14,6 +14,7 @@ from textual.widgets import Button, DataTable, Static
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import stage_memory
 from quorum_tui.engine.plan import LayerPlan
+from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.tui.layermap import LayerMap, stage_color
 from quorum_tui.tui.session import model_label, planned_ranges, realized_ranges
 from quorum_tui.units import human_bytes
@@ -53,19 +54,20 @@ class LayersPane(Vertical):
         info: ModelInfo | None,
         plan: LayerPlan | None,
         free: Sequence[int | None],
-        ctx: int,
+        settings: EngineSettings,
         realized: Sequence[int] | None = None,
     ) -> None:
         """Redraw everything from the model, the plan, each stage's free memory, and realized."""
         if info is not None:
-            self.query_one("#model-line", Static).update(f"{model_label(info)}, context {ctx}")
+            context = f"context {settings.ctx} x {settings.slots} slots"
+            self.query_one("#model-line", Static).update(f"{model_label(info)}, {context}")
         layer_map = self.query_one(LayerMap)
         table: DataTable[str | Text] = self.query_one("#stages", DataTable)
         table.clear()
         if info is None or plan is None:
             layer_map.set_plan(plan)
             return
-        memory = stage_memory(info, plan, ctx)
+        memory = stage_memory(info, plan, settings.ctx, settings.slots)
         notes: list[tuple[str, bool | None]] = []
         for index, need in enumerate(memory):
             have = free[index] if index < len(free) else None

@@ -8,6 +8,7 @@ from typing import Any
 
 from textual.message import Message
 
+from quorum_tui.deploy.events import DeployEvent
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 
@@ -75,10 +76,12 @@ class HostsSampled(Message):
         self.samples, self.local_free = samples, local_free
 
 
-class CoordinatorEvent(Message):
-    def __init__(self, plan: LayerPlan, event: dict[str, Any]) -> None:
+class Deployed(Message):
+    """An event of the app's deployment (engine and deploy events, all dataclasses)."""
+
+    def __init__(self, event: DeployEvent) -> None:
         super().__init__()
-        self.plan, self.event = plan, event
+        self.event = event
 
 
 class CoordinatorStopped(Message):

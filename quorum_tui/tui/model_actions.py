@@ -33,7 +33,7 @@ class ModelActions(AppBase):
 
     def progress_callback(self, progress: Any) -> None:
         """Download progress from a thread, shown on the Models tab."""
-        from quorum_tui.tui.modelrows import progress_text
+        from quorum_tui.models.progress import progress_text
 
         self.post_message(
             msg.DownloadProgress(progress.done, progress.total, progress_text(progress))
@@ -87,7 +87,7 @@ class ModelActions(AppBase):
 
         free = [self.local_free_bytes, *(h.free for h in self.hosts[1:])]
         try:
-            text = preview_text(spec, self.setup.ctx, free)
+            text = preview_text(spec, self.setup.settings, free)
         except QuorumError as exc:
             text = f"[b red]cannot preview:[/] {escape(str(exc))}"
         self.post_message(msg.ModelPreviewed(spec, text))
@@ -115,8 +115,9 @@ class ModelActions(AppBase):
     @work(group="download", exit_on_error=False)
     async def download(self, spec: str) -> None:
         from quorum_tui.models.download import Progress
+        from quorum_tui.models.progress import progress_text
         from quorum_tui.models.pull import describe_pull, pull_events
-        from quorum_tui.tui.modelrows import progress_text, spec_of
+        from quorum_tui.tui.modelrows import spec_of
 
         self.post_message(msg.DownloadProgress(0, None, f"starting {spec}..."))
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.settings import EngineSettings
 
 DEMO_MODEL = "synthetic:layers=8,embd=256,heads=8,vocab=1024,dtype=f16"
 DEMO_HUB_MODEL = "bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
@@ -25,7 +26,7 @@ class Setup:
     demo_workers: int = 0
     live: bool = True
     offer_demo: bool = False
-    ctx: int = 2048
+    settings: EngineSettings = field(default_factory=EngineSettings)
     fixed_hosts: list[dict[str, Any]] = field(default_factory=list)
     """Rows shown as given instead of probing (snapshots and screenshots)."""
     local_free: int | None = None
@@ -68,18 +69,6 @@ def realized_ranges(realized: Sequence[int], n_stages: int) -> list[str]:
 
 def planned_ranges(plan: LayerPlan) -> list[str]:
     return realized_ranges(plan.assignment(), len(plan.stages))
-
-
-def differences(planned: Sequence[int], realized: Sequence[int], names: Sequence[str]) -> list[str]:
-    """Each layer that landed elsewhere than planned, as text."""
-    wrong = []
-    for layer, (want, got) in enumerate(zip(planned, realized, strict=False)):
-        if want != got:
-            what = "output" if layer == len(planned) - 1 else f"layer {layer}"
-            wrong.append(f"{what}: planned on {names[want]}, loaded on {names[got]}")
-    if len(planned) != len(realized):
-        wrong.append(f"{len(realized)} entries realized, {len(planned)} planned")
-    return wrong
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -11,7 +11,6 @@ from tests.chat.served import Served, served_in_thread
 
 
 @pytest.fixture(scope="package")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    log = tmp_path_factory.mktemp("chat-coordinator") / "coordinator.log"
-    with served_in_thread(tiny_model, log) as running:
+def server(tiny_model: Path) -> Iterator[Served]:
+    with served_in_thread(tiny_model) as running:
         yield running

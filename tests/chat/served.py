@@ -10,11 +10,10 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorum_tui.engine.coordinator import Job
+from quorum_tui.deploy.deployment import Deployment, Prepared
 from quorum_tui.engine.gguf_info import inspect_model
-from quorum_tui.engine.localcluster import free_port
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
-from quorum_tui.engine.supervisor import CoordinatorProcess, preflight
+from quorum_tui.engine.settings import EngineSettings
 
 NO_EOS = {"logit_bias": {"2": -100.0}}
 """Request fields that keep the synthetic model (eos id 2) from ending a reply early."""
@@ -23,43 +22,33 @@ NO_EOS = {"logit_bias": {"2": -100.0}}
 @dataclass
 class Served:
     url: str
+    """Quorum's endpoint, with /v1."""
     plan: LayerPlan
-    process: CoordinatorProcess
+    deployment: Deployment
 
 
 @asynccontextmanager
 async def served(
-    model: Path, workers: Sequence[WorkerRef] = (), ctx: int = 2048, log: Path | None = None
+    model: Path, workers: Sequence[WorkerRef] = (), ctx: int = 2048
 ) -> AsyncIterator[Served]:
-    """A coordinator serving `model`, all layers on the workers when there are any."""
-    plan = LayerPlan.even(inspect_model(model).n_layers, list(workers))
-    results = await preflight(plan.workers)
-    job = Job(
-        str(model),
-        list(plan.workers),
-        list(plan.counts),
-        mode="serve",
-        ctx=ctx,
-        threads=1,
-        port=free_port(),
-        device_counts=[len(r.devices) for r in results] or None,
-    )
-    process = CoordinatorProcess(job, log)
-    await process.start()
+    """The model served through a deployment, all layers on the workers when there are any."""
+    info = inspect_model(model)
+    plan = LayerPlan.even(info.n_layers, list(workers))
+    deployment = Deployment(settings=EngineSettings(ctx=ctx, threads=1))
     try:
-        url = await asyncio.wait_for(_ready(process), 120)
-        yield Served(url, plan, process)
+        base = await asyncio.wait_for(deployment.start(Prepared(model, info, plan)), 120)
+        yield Served(f"{base}/v1", plan, deployment)
     finally:
-        await process.stop()
+        await deployment.close()
 
 
 @contextmanager
-def served_in_thread(model: Path, log: Path) -> Iterator[Served]:
+def served_in_thread(model: Path) -> Iterator[Served]:
     """`served` on its own event loop in a thread, for fixtures shared by a module's tests."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    manager = served(model, log=log)
+    manager = served(model)
     try:
         yield asyncio.run_coroutine_threadsafe(manager.__aenter__(), loop).result(180)
     finally:
@@ -67,13 +56,6 @@ def served_in_thread(model: Path, log: Path) -> Iterator[Served]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-
-
-async def _ready(process: CoordinatorProcess) -> str:
-    async for event in process.events():
-        if event["event"] == "ready":
-            return str(event["url"])
-    raise AssertionError(f"the coordinator did not serve: {await process.failure_reason()}")
 
 
 async def eventually(

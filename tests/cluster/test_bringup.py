@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -91,23 +90,19 @@ async def test_tunnel_port_is_closed_to_other_namespaces(lab: SshLab, tiny_model
         tunnelled = await probe_async(cluster.results[0].ref.endpoint, timeout=5)
         assert tunnelled.ok and tunnelled.version == (7, 0, 0)
 
-        from quorum_tui.cli.engine_cmds import run_job
-        from quorum_tui.engine.coordinator import Job
+        from quorum_tui.deploy.deployment import Deployment, Prepared
+        from quorum_tui.engine.completion import CompletionRequest
+        from quorum_tui.engine.gguf_info import inspect_model
         from quorum_tui.engine.plan import LayerPlan
 
         plan = LayerPlan.from_counts(5, [1, 2, 2], cluster.workers)
-        job = Job(
-            model=str(tiny_model),
-            workers=list(plan.workers),
-            counts=list(plan.counts),
-            mode="run",
-            ctx=256,
-            prompt="tunnel",
-            n_predict=8,
-        )
-        report = lab.root / "tunnel.json"
-        assert await run_job(job, plan, report, out=io.StringIO()) == 0
-        assert json.loads(report.read_text())["completion_tokens"] == 8
+        async with Deployment() as deployment:
+            await deployment.start(Prepared(tiny_model, inspect_model(tiny_model), plan))
+            result = await deployment.run(
+                CompletionRequest("tunnel", 8, extra={"ignore_eos": True})
+            )
+        assert result.done.completion_tokens == 8
+        assert list(result.realized) == [0, 1, 1, 2, 2, 2]
     finally:
         await cluster.close()
         await down(inv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -13,10 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from quorum_tui.engine.coordinator import Job
+from quorum_tui.engine.completion import CompletionRequest, Piece, stream_completion
+from quorum_tui.engine.llama_server import ServerOptions
 from quorum_tui.engine.localcluster import LocalCluster, free_port
-from quorum_tui.engine.plan import WorkerRef
-from quorum_tui.engine.supervisor import CoordinatorProcess
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.supervisor import CoordinatorProcess, Loaded, Ready
+from quorum_tui.errors import QuorumError
 from tests.fakerpc import BlackholeProxy, fake_rpc_server
 
 from .conftest import QuorumRunner
@@ -131,25 +134,19 @@ async def test_coordinator_refuses_to_serve_when_llama_loads_something_else(
     shared_workers: LocalCluster, tiny_model: Path
 ) -> None:
     workers = shared_workers.refs[:2]
-    job = Job(
-        str(tiny_model),
-        workers,
-        [1, 2, 2],
-        mode="serve",
-        port=free_port(),
-        device_counts=[2, 1],
-    )
-    proc = CoordinatorProcess(job)
+    plan = LayerPlan.from_counts(5, [1, 2, 2], workers)
+    other = LayerPlan.from_counts(5, [1, 3, 1], workers).to_llama_params()
+    options = ServerOptions(port=free_port(), slots=1)
+    proc = CoordinatorProcess(tiny_model, plan, options, params=other)
     await proc.start()
     events = [event async for event in proc.events()]
-    kinds = [e["event"] for e in events]
-    assert "ready" not in kinds
-    assert proc.returncode == 3
+    assert not any(isinstance(e, (Loaded, Ready)) for e in events)
+    assert proc.returncode is not None and not proc.running
     reason = await proc.failure_reason()
     assert reason.startswith("llama.cpp did not load the plan")
-    assert "planned on w2, loaded on w1" in reason
-    loaded = next(e for e in events if e["event"] == "loaded")
-    assert loaded["realized"] != loaded["planned"]
+    assert "layer 3: planned on w2, loaded on w1" in reason
+    assert proc.realized == (0, 1, 1, 1, 2, 2)
+    assert proc.mismatch
 
 
 def test_report_is_json(quorum: QuorumRunner, tiny_model: Path, tmp_path: Path) -> None:
@@ -168,18 +165,29 @@ async def test_worker_cut_off_the_network_is_named_not_waited_for(
     local_cluster.start(1)
     proxy = BlackholeProxy(local_cluster.workers[0].endpoint)
     try:
-        worker = WorkerRef("far", proxy.endpoint)
-        job = Job(str(model), [worker], [4, 4], prompt="Once", n_predict=1800)
-        proc = CoordinatorProcess(job)
+        plan = LayerPlan.from_counts(8, [4, 4], [WorkerRef("far", proxy.endpoint)])
+        proc = CoordinatorProcess(model, plan, ServerOptions(port=free_port(), slots=1))
         await proc.start()
+        ready = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in proc.events(stall_check=2.0):
+                if isinstance(event, Ready):
+                    ready.set()
+
+        watcher = asyncio.create_task(follow())
+        await asyncio.wait_for(ready.wait(), 60)
+        request = CompletionRequest("Once", 1800, extra={"ignore_eos": True})
         tokens = 0
-        async for event in proc.events(stall_check=2.0):
-            if event["event"] == "token":
-                tokens += 1
-                if tokens == 5:
-                    proxy.blackhole()
+        with pytest.raises(QuorumError):
+            async for item in stream_completion(proc.url, request, timeout=120):
+                if isinstance(item, Piece):
+                    tokens += 1
+                    if tokens == 5:
+                        proxy.blackhole()
+        await asyncio.wait_for(watcher, 60)
         assert tokens >= 5
-        assert proc.returncode != 0
+        assert proc.returncode is not None
         reason = await proc.failure_reason()
         assert f"worker far ({proxy.endpoint}) is unreachable" in reason
     finally:

@@ -101,10 +101,11 @@ def test_memory_estimate_per_stage(make_model: Callable[..., Path]) -> None:
     info = inspect_model(make_model(n_layers=4))
     refs = [WorkerRef("a", "127.0.0.1:1"), WorkerRef("b", "127.0.0.1:2")]
     plan = LayerPlan.from_counts(4, [1, 3, 0], refs)
-    coordinator, first, empty = stage_memory(info, plan, ctx=1024)
+    coordinator, first, empty = stage_memory(info, plan, ctx=1024, slots=3)
     assert coordinator.weights == info.layer_bytes[0] + info.embedding_bytes
     assert first.weights == sum(info.layer_bytes[1:]) + info.output_bytes
-    assert first.kv_cache == 3 * 1024 * info.kv_bytes_per_token_per_layer
+    assert first.kv_cache == 3 * 1024 * 3 * info.kv_bytes_per_token_per_layer
+    assert stage_memory(info, plan, ctx=1024, slots=1)[1].kv_cache * 3 == first.kv_cache
     assert first.compute > coordinator.compute > 0
     assert empty.total == 0
     assert whole_model_memory(info, 1024).weights == info.weight_bytes

@@ -8,9 +8,9 @@ import pytest
 
 from quorum_tui.bench.plan import _report, layer_cap, print_result
 from quorum_tui.engine.gguf_info import inspect_model
-from quorum_tui.engine.measure import Trial, TrialResult
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.planner import ClusterProfile, CostModel, StageProfile
+from quorum_tui.engine.trials import Trial, TrialResult
 
 
 def test_report_has_the_ratios_and_every_run(

@@ -13,29 +13,30 @@ from pathlib import Path
 import pytest
 
 from quorum_tui.cli import main
-from quorum_tui.cli.engine_cmds import run_job
-from quorum_tui.engine.coordinator import Job
+from quorum_tui.deploy.deployment import Deployment, Prepared
+from quorum_tui.engine.completion import CompletionRequest
 from quorum_tui.engine.gguf_info import inspect_model
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.measure import (
-    Trial,
     link_bandwidth,
     link_rtt,
     measure_cluster,
     measuring_layers,
-    run_trials,
     shape_spec,
 )
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import CostModel, explain, solve
 from quorum_tui.engine.probe import CMD_HELLO, HELLO_REQUEST_BYTES, probe
+from quorum_tui.engine.trials import Trial, run_trials
 from quorum_tui.errors import QuorumError
 
 
 async def generate(model: Path, plan: LayerPlan, prompt: str = "the worker", n: int = 12) -> str:
-    job = Job(str(model), list(plan.workers), list(plan.counts), prompt=prompt, n_predict=n)
+    """The greedy text of `plan`, served as `quorum run` serves it."""
     out = io.StringIO()
-    assert await run_job(job, plan, None, out=out) == 0
+    async with Deployment() as deployment:
+        await deployment.start(Prepared(model, inspect_model(model), plan))
+        await deployment.run(CompletionRequest(prompt, n), out)
     return out.getvalue()
 
 
@@ -174,7 +175,7 @@ def test_quorum_bench_measures_the_current_plan(
     data = json.loads(capsys.readouterr().out)
     assert data["counts"] == [2, 3] and data["realized"] == [0, 0, 1, 1, 1, 1]
     assert data["tokens_per_s"] > 0 and data["ttft_s"] > 0
-    assert len(data["per_token_s"]) == 2 * 4 and len(data["ttft_runs_s"]) == 2
+    assert len(data["tokens_per_s_runs"]) == 2 and len(data["ttft_runs_s"]) == 2
     assert main([*argv, "-n", "4", "--repeats", "1"]) == 0
     assert "tokens/s" in capsys.readouterr().out
 

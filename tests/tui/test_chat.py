@@ -31,9 +31,8 @@ class Host(App[None]):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    log = tmp_path_factory.mktemp("tui-chat-coordinator") / "coordinator.log"
-    with served_in_thread(tiny_model, log) as running:
+def server(slow_model: Path) -> Iterator[Served]:
+    with served_in_thread(slow_model) as running:
         yield running
 
 
@@ -90,10 +89,17 @@ async def test_without_a_model_the_pane_says_what_to_do(tmp_path: Path) -> None:
         assert app.is_running
 
 
-async def test_escape_stops_a_generation(server: Served, tmp_path: Path) -> None:
+async def test_escape_stops_a_generation(
+    tiny_model: Path, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    local_cluster.start(1)
     store = ConversationStore(tmp_path / "c.sqlite3")
     app = Host(store)
-    async with app.run_test(size=(100, 30)) as pilot:
+    # Through a worker, so that 1,500 tokens take seconds rather than one.
+    async with (
+        served(tiny_model, local_cluster.refs) as server,
+        app.run_test(size=(100, 30)) as pilot,
+    ):
         pane = pane_of(app)
         pane.set_endpoint(server.url, server.plan.summary())
         pane.max_tokens, pane.request_options = 1500, NO_EOS
@@ -138,13 +144,12 @@ async def test_a_new_conversation_mid_reply_keeps_the_old_one(
 
 
 async def test_a_worker_killed_mid_reply_is_a_visible_error(
-    tiny_model: Path, local_cluster: LocalCluster, tmp_path: Path
+    slow_model: Path, local_cluster: LocalCluster, tmp_path: Path
 ) -> None:
     local_cluster.start(1)
     store = ConversationStore(tmp_path / "c.sqlite3")
     app = Host(store)
-    log = tmp_path / "coordinator.log"
-    async with served(tiny_model, local_cluster.refs, log=log) as running, app.run_test() as pilot:
+    async with served(slow_model, local_cluster.refs) as running, app.run_test() as pilot:
         pane = pane_of(app)
         pane.set_endpoint(running.url, running.plan.summary())
         pane.max_tokens, pane.request_options = 1000, NO_EOS
@@ -157,7 +162,7 @@ async def test_a_worker_killed_mid_reply_is_a_visible_error(
         assert done.message.status == "error"
         assert done.error is not None and "stopped mid-reply" in done.error
         assert any("stopped mid-reply" in text for text in notices(app))
-        pane.report_error(await running.process.failure_reason())
+        pane.report_error(str(await running.deployment.wait()))
         await eventually(lambda: len(notices(app)) == 2)
         assert "w1" in notices(app)[-1]
         assert app.is_running and not pane.generating

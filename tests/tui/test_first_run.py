@@ -54,7 +54,7 @@ async def test_auto_measures_once_then_restores(
         await pilot.pause()
         assert "measuring" in str(app.query_one("#coordinator-status", Static).render())
         await pilot.press("a")
-        assert app.coordinator is None, "no Apply while Auto measures the workers"
+        assert app.deployment.coordinator is None, "no Apply while Auto measures the workers"
         await wait_until(pilot, lambda: app.auto_plans, timeout=120)
         auto = app.plan
         assert auto is not None and auto == next(iter(app.auto_plans.values()))

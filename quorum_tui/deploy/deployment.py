@@ -1,0 +1,439 @@
+"""One deployment: workers + model + plan -> a coordinator serving at Quorum's own endpoint.
+
+Every entry point goes through here: `quorum run`, `serve`, `bench`, the demo and the app's
+Apply, Stop and Chat. The flow is written once: bring the workers up (given endpoints, the
+cluster file's hosts over SSH, or local demo workers), resolve the model, plan, check the
+workers, start llama-server with the settings of engine.settings, and follow it. The
+gateway's address stays the same across coordinator restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from quorum_tui import paths
+from quorum_tui.cluster.bringup import BringUpOptions, Cluster, bring_up
+from quorum_tui.cluster.inventory import load_inventory, resolve_path
+from quorum_tui.deploy.events import (
+    DeployEvent,
+    EventSink,
+    ModelReady,
+    Planned,
+    Serving,
+    Stopped,
+    WorkersReady,
+)
+from quorum_tui.deploy.gateway import Gateway
+from quorum_tui.deploy.plans import PlanRequest, make_plan
+from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
+from quorum_tui.engine.endpoint import parse_endpoint
+from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
+from quorum_tui.engine.llama_server import ServerOptions
+from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
+from quorum_tui.engine.planner import Explanation
+from quorum_tui.engine.settings import EngineSettings, shared_threads
+from quorum_tui.engine.supervisor import CoordinatorProcess, Loaded, Ready, preflight
+from quorum_tui.errors import QuorumError
+
+REASON_WAIT = 20.0
+"""Seconds a broken generation waits for the coordinator's exit, to say which worker died."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the workers come from: endpoints, the cluster file's hosts, or local workers."""
+
+    workers: tuple[WorkerRef, ...] = ()
+    cluster_file: Path | None = None
+    local_workers: int = 0
+    bring_up: BringUpOptions | None = None
+    all_hosts: bool = True
+    """Whether every host of the cluster file must come up (`quorum up` takes what does)."""
+
+    @classmethod
+    def endpoints(cls, endpoints: Sequence[str]) -> Target:
+        """`--worker HOST:PORT ...`, named w1, w2, ... in order."""
+        refs = []
+        for index, endpoint in enumerate(endpoints, start=1):
+            parse_endpoint(endpoint)
+            refs.append(WorkerRef(f"w{index}", endpoint))
+        return cls(workers=tuple(refs))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A resolved model and the plan to load."""
+
+    path: Path
+    info: ModelInfo
+    plan: LayerPlan
+    explanation: Explanation | None = None
+
+
+@dataclass
+class Access:
+    """How clients reach the deployment (Quorum's endpoint, not llama-server's)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str | None = None
+
+
+@dataclass
+class RunResult:
+    """One generation: what was planned, what llama.cpp loaded, and how fast it went."""
+
+    plan: LayerPlan
+    realized: tuple[int, ...]
+    load_s: float
+    done: Completed
+    explanation: Explanation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--report` JSON, with each stage's layers read from the realized assignment."""
+        *layers, output = self.realized
+        stages = []
+        for index, stage in enumerate(self.plan.stages):
+            mine = [il for il, s in enumerate(layers) if s == index]
+            stages.append(
+                {
+                    "name": stage.name,
+                    "endpoint": stage.endpoint,
+                    "layers": [mine[0], mine[-1]] if mine else None,
+                }
+            )
+        report: dict[str, Any] = {
+            "stages": stages,
+            "output_stage": output,
+            "prompt_tokens": self.done.prompt_tokens,
+            "completion_tokens": self.done.completion_tokens,
+            "tokens_per_s": self.done.tokens_per_s,
+            "ttft_s": self.done.ttft_s,
+            "load_s": self.load_s,
+            "stop_type": self.done.stop_type,
+        }
+        if self.explanation is not None:
+            report["planner"] = self.explanation.to_json()
+        return report
+
+
+def is_loopback(endpoint: str) -> bool:
+    host = endpoint.rpartition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plan_body(model: Path, plan: LayerPlan, realized: Sequence[int], load_s: float) -> dict:
+    """What GET /quorum/plan returns: the stages and the assignment llama.cpp realized."""
+    names = [s.name for s in plan.stages]
+    return {
+        "model": str(model),
+        "stages": [
+            {
+                "name": s.name,
+                "endpoint": s.endpoint,
+                "layers": [s.first, s.last] if s.count else None,
+            }
+            for s in plan.stages
+        ],
+        "output_stage": plan.output_stage,
+        "planned": plan.assignment(),
+        "realized": list(realized),
+        "realized_by_name": [names[i] for i in realized],
+        "load_s": load_s,
+    }
+
+
+@dataclass
+class _Running:
+    process: CoordinatorProcess
+    plan: LayerPlan
+    realized: tuple[int, ...] = ()
+    load_s: float = 0.0
+    follower: asyncio.Task[str | None] | None = None
+    stopping: bool = False
+
+
+class Deployment:
+    """Workers, model and plan to a coordinator behind a stable endpoint; `close` ends all.
+
+    Events go to `on_event` as they happen. Workers that this deployment started (local
+    workers) stop with it; SSH workers keep running and only their tunnels close.
+    """
+
+    def __init__(
+        self,
+        target: Target | None = None,
+        settings: EngineSettings | None = None,
+        access: Access | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.target = target or Target()
+        self.settings = settings or EngineSettings()
+        self.access = access or Access()
+        self.on_event = on_event
+        self.workers: list[WorkerRef] = list(self.target.workers)
+        self.local_workers = sum(1 for w in self.workers if is_loopback(w.endpoint))
+        self.cluster: Cluster | None = None
+        self.local: LocalCluster | None = None
+        self.gateway: Gateway | None = None
+        self._running: _Running | None = None
+        self.last_stop: str | None = None
+        """Why the last coordinator stopped (None: it was asked to, or none has run)."""
+
+    def emit(self, event: DeployEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    @property
+    def threads(self) -> int:
+        """The coordinator's threads, decided once by the settings for these workers."""
+        return self.settings.coordinator_threads(self.local_workers)
+
+    @property
+    def url(self) -> str | None:
+        """Quorum's endpoint while a coordinator serves behind it."""
+        gateway = self.gateway
+        return gateway.url if gateway is not None and gateway.upstream else None
+
+    # ----- workers, model, plan
+
+    def use_workers(self, workers: Sequence[WorkerRef], local: int) -> None:
+        """Plan over `workers` from now on, `local` of them running on this machine."""
+        self.workers = list(workers)
+        self.local_workers = local
+
+    async def connect_workers(self) -> list[WorkerRef]:
+        """Bring the target's workers up: SSH hosts with their tunnels, or local workers."""
+        warnings: list[str] = []
+        if self.target.cluster_file is not None and self.cluster is None:
+            if self.target.workers:
+                raise QuorumError("use either --cluster or --worker, not both")
+            inventory = load_inventory(resolve_path(self.target.cluster_file))
+            options = self.target.bring_up or BringUpOptions()
+            if options.on_event is None:
+                options = replace(options, on_event=self.emit)
+            self.cluster = await bring_up(inventory, options)
+            if self.target.all_hosts:
+                self.cluster.require_all()
+            self.workers = self.cluster.workers
+            self.local_workers = 0
+            warnings = [f"{r.host.name}: {w}" for r in self.cluster.results for w in r.warnings]
+        elif self.target.local_workers and self.local is None:
+            self.local = await start_local_workers(self.target.local_workers)
+            self.workers = self.local.refs
+            self.local_workers = len(self.workers)
+        self.emit(WorkersReady(tuple(self.workers), tuple(warnings)))
+        return self.workers
+
+    async def resolve(self, spec: str) -> tuple[Path, ModelInfo]:
+        """The model's local file (pulled on first use, with progress events) and its facts."""
+        from quorum_tui.models.resolve import resolve_model
+
+        loop = asyncio.get_running_loop()
+
+        def progress(event: Any) -> None:
+            loop.call_soon_threadsafe(self.emit, event)
+
+        path = await asyncio.to_thread(resolve_model, spec, progress if self.on_event else None)
+        info = await asyncio.to_thread(inspect_model, path)
+        self.emit(ModelReady(path, info))
+        return path, info
+
+    async def prepare(self, spec: str, request: PlanRequest | None = None) -> Prepared:
+        """Workers up, model resolved, plan made: everything but starting the coordinator."""
+        await self.connect_workers()
+        path, info = await self.resolve(spec)
+        plan, explanation = await self.plan(info, request or PlanRequest())
+        return Prepared(path, info, plan, explanation)
+
+    async def plan(
+        self, info: ModelInfo, request: PlanRequest
+    ) -> tuple[LayerPlan, Explanation | None]:
+        """The plan `request` asks for over the current workers (the planner measures them
+        with the threads the coordinator will use)."""
+        plan, explanation = await make_plan(
+            info, self.workers, request, self.settings, self.threads
+        )
+        self.emit(Planned(plan, explanation))
+        return plan, explanation
+
+    # ----- the coordinator
+
+    async def start(self, prepared: Prepared) -> str:
+        """Load `prepared` in a new coordinator (stopping the old one) and serve it.
+
+        Returns Quorum's endpoint; raises QuorumError with the reason when the coordinator
+        does not come up (a worker that fails its check, a plan llama.cpp did not realize).
+        """
+        await self.stop_coordinator()
+        self.last_stop = None
+        gateway = await self._gateway()
+        gateway.pause("the coordinator is loading the model")
+        try:
+            results = await preflight(prepared.plan.workers)
+        except QuorumError as exc:
+            gateway.pause(str(exc))
+            raise
+        options = ServerOptions(
+            port=free_port(),
+            ctx=self.settings.ctx,
+            slots=self.settings.slots,
+            threads=self.threads,
+            alias=prepared.path.name,
+            api_key=self.access.api_key,
+            repack=self.settings.repack,
+        )
+        process = CoordinatorProcess(
+            prepared.path, prepared.plan, options, [len(r.devices) for r in results] or None
+        )
+        running = _Running(process, prepared.plan)
+        self._running = running
+        await process.start()
+        events = process.events()
+        try:
+            async for event in events:
+                self.emit(event)
+                if isinstance(event, Loaded):
+                    running.realized, running.load_s = event.realized, event.load_s
+                elif isinstance(event, Ready):
+                    break
+            else:
+                reason = await process.failure_reason()
+                gateway.pause(reason)
+                self._running = None
+                raise QuorumError(reason)
+        except BaseException:
+            await events.aclose()
+            if self._running is running:
+                self._running = None
+            await process.stop()
+            raise
+        gateway.serve(
+            process.url, plan_body(prepared.path, prepared.plan, running.realized, running.load_s)
+        )
+        running.follower = asyncio.create_task(self._follow(running, events))
+        self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized))
+        return gateway.url
+
+    async def _gateway(self) -> Gateway:
+        if self.gateway is None:
+            gateway = Gateway(self.access.host, self.access.port, self.access.api_key)
+            await gateway.start()
+            self.gateway = gateway
+        return self.gateway
+
+    async def _follow(self, running: _Running, events: AsyncIterator[Any]) -> str | None:
+        async for event in events:
+            self.emit(event)
+        reason = None if running.stopping else await running.process.failure_reason()
+        self.last_stop = reason
+        if self.gateway is not None and self._running is running:
+            self.gateway.pause(reason or "the coordinator was stopped")
+        if self._running is running:
+            self._running = None
+        self.emit(Stopped(running.plan, reason))
+        return reason
+
+    async def wait(self) -> str | None:
+        """Until the coordinator exits: its failure reason, or None when it was stopped."""
+        running = self._running
+        if running is None or running.follower is None:
+            return self.last_stop
+        return await asyncio.shield(running.follower)
+
+    async def stop_coordinator(self) -> None:
+        running = self._running
+        if running is None:
+            return
+        running.stopping = True
+        await running.process.stop()
+        if running.follower is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.follower
+        if self._running is running:
+            self._running = None
+
+    @property
+    def coordinator(self) -> CoordinatorProcess | None:
+        """The llama-server child serving now, if any."""
+        return self._running.process if self._running else None
+
+    @property
+    def serving(self) -> bool:
+        return self._running is not None and self._running.follower is not None
+
+    async def generate(self, request: CompletionRequest) -> AsyncIterator[Piece | Completed]:
+        """Stream a completion through Quorum's endpoint; a broken stream becomes the
+        coordinator's own reason (which worker died) when it has one."""
+        running = self._running
+        if running is None or self.gateway is None:
+            raise QuorumError("no coordinator is serving: start one first")
+        try:
+            async for item in stream_completion(self.gateway.url, request, self.access.api_key):
+                yield item
+        except QuorumError:
+            follower = running.follower
+            if follower is not None:
+                with contextlib.suppress(TimeoutError):
+                    reason = await asyncio.wait_for(asyncio.shield(follower), REASON_WAIT)
+                    if reason:
+                        raise QuorumError(reason) from None
+            raise
+
+    async def run(self, request: CompletionRequest, out: Any = None) -> RunResult:
+        """One generation, its text written to `out` as it arrives."""
+        running = self._running
+        if running is None:
+            raise QuorumError("no coordinator is serving: start one first")
+        done: Completed | None = None
+        async for item in self.generate(request):
+            if isinstance(item, Piece):
+                if out is not None:
+                    out.write(item.text)
+                    out.flush()
+            else:
+                done = item
+        assert done is not None
+        return RunResult(running.plan, running.realized, running.load_s, done)
+
+    async def close(self) -> None:
+        """Stop the coordinator and the gateway; stop local workers, close SSH tunnels."""
+        await self.stop_coordinator()
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
+        if self.cluster is not None:
+            await self.cluster.close()
+            self.cluster = None
+        if self.local is not None:
+            await asyncio.to_thread(self.local.stop)
+            self.local = None
+
+    async def __aenter__(self) -> Deployment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def start_local_workers(count: int) -> LocalCluster:
+    """`count` workers on this machine, each with its share of the cores."""
+    cluster = LocalCluster(paths.ensure(paths.data_dir() / "local-workers"))
+    try:
+        await asyncio.to_thread(cluster.start, count, shared_threads(count))
+    except BaseException:
+        await asyncio.to_thread(cluster.stop)
+        raise
+    return cluster

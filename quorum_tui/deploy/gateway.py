@@ -1,0 +1,165 @@
+"""Quorum's own address in front of llama-server: the address clients keep.
+
+Every request except Quorum's own routes is streamed through to the coordinator byte for byte.
+The gateway answers `GET /quorum/plan` with the assignment llama.cpp realized (read from the
+load log), enforces the API key, and answers 503 with a JSON reason while no coordinator
+serves (loading, stopped, or re-planning). Its errors are JSON and never carry a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+from quorum_tui.errors import QuorumError
+
+PLAN_ROUTE = "/quorum/plan"
+PUBLIC = frozenset({"/health"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    }
+)  # fmt: skip
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, kind: str) -> web.Response:
+    """An error in llama-server's (and OpenAI's) shape."""
+    body = {"error": {"code": status, "message": message, "type": kind}}
+    return web.json_response(body, status=status)
+
+
+class Gateway:
+    """An aiohttp server that forwards to whichever coordinator serves now."""
+
+    def __init__(self, host: str, port: int, api_key: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.upstream: str | None = None
+        self.plan: dict[str, Any] | None = None
+        self.unavailable = "the coordinator is starting"
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def serve(self, upstream: str, plan: dict[str, Any]) -> None:
+        """Send requests to `upstream` from now on; `plan` is what /quorum/plan returns."""
+        self.upstream, self.plan = upstream, plan
+
+    def pause(self, reason: str) -> None:
+        """Answer 503 with `reason` until `serve` is called again."""
+        self.upstream, self.plan, self.unavailable = None, None, reason
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 << 20)
+        app.router.add_get(PLAN_ROUTE, self._plan)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._session = ClientSession(
+            connector=TCPConnector(limit=0, force_close=False),
+            timeout=ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.close()
+            raise QuorumError(
+                f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}; "
+                "is another server using that port? Pick another with --port"
+            ) from None
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return error_response(exc.status, exc.reason, "invalid_request_error")
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            logging.getLogger(__name__).debug("gateway error", exc_info=True)
+            return error_response(500, f"{type(exc).__name__}: {exc}", "server_error")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.api_key and request.path not in PUBLIC:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.headers.get("X-Api-Key", "")
+            if given != self.api_key:
+                return error_response(401, "Invalid API Key", "authentication_error")
+        return await handler(request)
+
+    async def _plan(self, request: web.Request) -> web.StreamResponse:
+        if self.plan is None:
+            return error_response(503, self.unavailable, "unavailable_error")
+        return web.json_response(self.plan)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        upstream, session = self.upstream, self._session
+        if upstream is None or session is None:
+            return error_response(503, self.unavailable, "unavailable_error")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        try:
+            reply = await session.request(
+                request.method, upstream + request.path_qs, headers=headers, data=body
+            )
+        except ClientError as exc:
+            return error_response(502, f"the coordinator did not answer: {exc}", "server_error")
+        async with reply:
+            response = web.StreamResponse(status=reply.status, reason=reply.reason)
+            for key, value in reply.headers.items():
+                if key.lower() not in HOP_BY_HOP:
+                    response.headers.add(key, value)
+            if reply.content_length is not None:
+                response.content_length = reply.content_length
+            try:
+                await response.prepare(request)
+                async for chunk in reply.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the client left; closing the reply makes llama-server free the slot
+            except ClientError as exc:
+                await _cut_short(request, response, reply, exc)
+        return response
+
+
+async def _cut_short(
+    request: web.Request, response: web.StreamResponse, reply: Any, exc: BaseException
+) -> None:
+    """The coordinator died mid-reply: an event stream gets an error event, and the
+    connection closes without the body's end, so no client takes it for a whole reply."""
+    if reply.headers.get("Content-Type", "").startswith("text/event-stream"):
+        why = str(exc) or type(exc).__name__
+        message = f"the coordinator stopped mid-reply ({why})"
+        event = {"error": {"code": 502, "message": message, "type": "server_error"}}
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+    if request.transport is not None:
+        request.transport.close()

@@ -1,0 +1,112 @@
+"""llama.cpp's own llama-server as the coordinator: where the binary is and how it is started.
+
+The binary is built with the llama-cpp-python wheel from the same vendored llama.cpp as the
+workers' libraries (see the Makefile), so the RPC protocol and ggml's op table match exactly.
+This module is pure apart from finding the binary: a plan and options become an argv.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from quorum_tui.engine.plan import LayerPlan, LlamaParams
+from quorum_tui.errors import QuorumError
+
+BINARY_ENV = "QUORUM_LLAMA_SERVER"
+"""Path of a llama-server to use instead of the one installed with llama-cpp-python."""
+LOG_VERBOSITY = 5
+"""llama.cpp logs where each layer went at debug level: the realized assignment needs it."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the coordinator serves: the settings every caller shares (engine.settings)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ctx: int = 2048
+    """Tokens of context per slot."""
+    slots: int = 4
+    """Requests decoded at once; more wait in llama-server's queue."""
+    threads: int = 1
+    alias: str = ""
+    api_key: str | None = None
+    repack: bool = True
+    """Let the CPU backend repack quantized weights (off: numerics match RPC workers exactly)."""
+    extra: tuple[str, ...] = ()
+    """Further llama-server arguments (speculative decoding)."""
+
+
+def server_binary() -> Path:
+    """The llama-server that came with llama-cpp-python (or QUORUM_LLAMA_SERVER)."""
+    override = os.environ.get(BINARY_ENV)
+    if override:
+        path = Path(override)
+    else:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.origin is None:
+            raise QuorumError(
+                "llama-cpp-python is not installed in this Python: `make` installs it into .venv"
+            )
+        path = Path(spec.origin).parent.parent / "bin" / "llama-server"
+    if not os.access(path, os.X_OK):
+        raise QuorumError(
+            f"llama-server is missing at {path}: it is built with llama-cpp-python "
+            "(run `make` again; it rebuilds a wheel that lacks it)"
+        )
+    return path
+
+
+def device_names(device_counts: Sequence[int]) -> list[str]:
+    """llama.cpp's names of the RPC devices, numbered in registration order across workers."""
+    return [f"RPC{i}" for i in range(sum(device_counts))]
+
+
+def server_argv(
+    model: Path | str,
+    plan: LayerPlan,
+    options: ServerOptions,
+    device_counts: Sequence[int] | None = None,
+    params: LlamaParams | None = None,
+) -> list[str]:
+    """The llama-server command that serves `model` split as `plan`.
+
+    `params` defaults to the plan's own llama.cpp parameters; `device_counts` gives each
+    worker's device count (one each when not given).
+    """
+    counts = list(device_counts) if device_counts else [1] * len(plan.workers)
+    params = params or plan.to_llama_params(counts if device_counts else None)
+    argv = [
+        str(server_binary()),
+        "--model", str(model),
+        "--host", options.host,
+        "--port", str(options.port),
+        "--ctx-size", str(options.ctx * options.slots),
+        "--parallel", str(options.slots),
+        "--threads", str(options.threads),
+        "--threads-batch", str(options.threads),
+        "--n-gpu-layers", str(params.n_gpu_layers),
+        "--split-mode", "layer",
+        "--flash-attn", "on",
+        "--fit", "off",
+        "--jinja",
+        "--metrics",
+        "--no-webui",
+        "--log-verbosity", str(LOG_VERBOSITY),
+        "--log-colors", "off",
+    ]  # fmt: skip
+    if params.devices:
+        argv += ["--rpc", ",".join(params.devices), "--device", ",".join(device_names(counts))]
+        if any(params.tensor_split):
+            argv += ["--tensor-split", ",".join(f"{x:g}" for x in params.tensor_split)]
+    if options.alias:
+        argv += ["--alias", options.alias]
+    if options.api_key:
+        argv += ["--api-key", options.api_key]
+    if not options.repack:
+        argv.append("--no-repack")
+    return [*argv, *options.extra]

@@ -1,0 +1,57 @@
+"""The engine settings every entry point shares: context, slots, threads, repacking.
+
+`quorum run`, `serve`, `bench`, the demo, the app and the planner's measurements all take
+their coordinator settings from `EngineSettings`, so the configuration the planner measures is
+the one that serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from quorum_tui.errors import QuorumError
+
+DEFAULT_CTX = 2048
+DEFAULT_SLOTS = 4
+MAX_SLOTS = 64
+
+
+def cores() -> int:
+    """Physical cores when known (ggml's threads spin, so hyperthreads add little)."""
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def shared_threads(local_workers: int, total: int | None = None) -> int:
+    """Threads for one process when `local_workers` workers share this machine with it.
+
+    For one sequence only one stage computes at a time, but ggml's threads spin while they
+    wait, so processes that together ask for more threads than there are cores slow each
+    other down: each gets an equal share, at least one.
+    """
+    return max(1, (total or cores()) // (1 + max(local_workers, 0)))
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the coordinator runs. `threads` 0 means a share of this machine's cores."""
+
+    ctx: int = DEFAULT_CTX
+    """Tokens of context per slot."""
+    slots: int = DEFAULT_SLOTS
+    """Requests served at once; the KV cache holds `ctx` tokens for each."""
+    threads: int = 0
+    repack: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ctx < 16:
+            raise QuorumError(f"--ctx {self.ctx}: the context must be at least 16 tokens")
+        if not 1 <= self.slots <= MAX_SLOTS:
+            raise QuorumError(f"--slots {self.slots}: give 1 to {MAX_SLOTS} slots")
+        if self.threads < 0:
+            raise QuorumError(f"--threads {self.threads}: give a positive count, or 0 for auto")
+
+    def coordinator_threads(self, local_workers: int) -> int:
+        """The coordinator's threads: as set, or a share of the cores with local workers."""
+        return self.threads or shared_threads(local_workers)
