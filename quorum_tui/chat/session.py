@@ -5,15 +5,23 @@ from __future__ import annotations
 from quorum_tui.chat.client import ChatMessage, ReplyStats
 from quorum_tui.chat.store import Conversation, ConversationStore, Message, title_from
 
+SYSTEM_PROMPT = "You are a helpful assistant."
+"""Sent first unless a conversation has its own: small instruct models answer far better
+with a system message than without one (SmolLM2-135M names Paris only with one)."""
+
 
 class ChatSession:
     """A conversation (stored when a store is given) and the history the model sees."""
 
     def __init__(
-        self, store: ConversationStore | None = None, conversation: Conversation | None = None
+        self,
+        store: ConversationStore | None = None,
+        conversation: Conversation | None = None,
+        system: str = SYSTEM_PROMPT,
     ) -> None:
         self.store = store
         self.conversation = conversation
+        self.system = system
         self.messages: list[Message] = list(conversation.messages) if conversation else []
 
     @property
@@ -21,12 +29,16 @@ class ChatSession:
         return self.conversation.id if self.conversation else None
 
     def history(self) -> list[ChatMessage]:
-        """The messages to send: every prompt and every reply with text, in order."""
-        return [
+        """The messages to send: the system prompt (when the conversation has none of its
+        own), then every prompt and every reply with text, in order."""
+        sent = [
             ChatMessage(m.role, m.text)
             for m in self.messages
             if m.role in ("system", "user", "assistant") and m.text
         ]
+        if self.system and not any(m.role == "system" for m in sent):
+            sent.insert(0, ChatMessage("system", self.system))
+        return sent
 
     def add_prompt(self, text: str) -> Message:
         """Record the user's prompt, creating the stored conversation on the first one."""

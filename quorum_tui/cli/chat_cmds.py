@@ -12,7 +12,7 @@ import time
 from typing import Any, TextIO
 
 from quorum_tui.chat.client import ChatClient, ChatError, ReplyStream
-from quorum_tui.chat.session import ChatSession, describe_reply, reply_message
+from quorum_tui.chat.session import SYSTEM_PROMPT, ChatSession, describe_reply, reply_message
 from quorum_tui.chat.store import ConversationStore
 from quorum_tui.errors import QuorumError
 
@@ -36,6 +36,11 @@ def register(sub: Any) -> None:
     p.add_argument("--completion", action="store_true", help="plain /completions, not chat")
     p.add_argument("--conversation", type=int, metavar="ID", help="continue a stored one")
     p.add_argument("--no-save", action="store_true", help="do not store this conversation")
+    p.add_argument(
+        "--system",
+        default=SYSTEM_PROMPT,
+        help=f"the system prompt ('' for none; default {SYSTEM_PROMPT!r})",
+    )
     manage = p.add_mutually_exclusive_group()
     manage.add_argument("--list", action="store_true", help="list stored conversations")
     manage.add_argument("--show", type=int, metavar="ID", help="print a stored conversation")
@@ -97,7 +102,7 @@ async def chat(args: argparse.Namespace) -> int:
     conversation = None
     if args.conversation is not None:
         conversation = (store or ConversationStore()).open(args.conversation)
-    session = ChatSession(store, conversation)
+    session = ChatSession(store, conversation, args.system)
     async with ChatClient(args.url) as client:
         plan = await client.served_plan()
         if args.prompt is not None:

@@ -87,11 +87,8 @@ def target_from_args(args: argparse.Namespace) -> Target:
 class DeployPrinter:
     """Deployment events as lines on stderr: downloads, warnings, the planner's reasons."""
 
-    def __init__(
-        self, out: TextIO | None = None, quiet: bool = False, loading: bool = False
-    ) -> None:
+    def __init__(self, out: TextIO | None = None, loading: bool = False) -> None:
         self.out = out or sys.stderr
-        self.quiet = quiet
         self.loading = loading
         self.progress = ProgressLine(self.out)
         self.hosts = EventPrinter(self.out)
@@ -99,12 +96,12 @@ class DeployPrinter:
     def __call__(self, event: DeployEvent) -> None:
         if isinstance(event, Progress):
             self.progress(event)
-        elif isinstance(event, HostEvent) and not self.quiet:
+        elif isinstance(event, HostEvent):
             self.hosts(event)
         elif isinstance(event, WorkersReady):
             for warning in event.warnings:
                 print(f"warning: {warning}", file=self.out)
-        elif isinstance(event, Planned) and event.explanation is not None and not self.quiet:
+        elif isinstance(event, Planned) and event.explanation is not None:
             for line in event.explanation.lines():
                 print(line, file=self.out)
         elif isinstance(event, Loading) and self.loading:

@@ -7,9 +7,8 @@ import asyncio
 import json
 from typing import Any
 
-from quorum_tui.engine.endpoint import parse_endpoint
-from quorum_tui.engine.plan import WorkerRef
-from quorum_tui.errors import QuorumError
+from quorum_tui.cli.deploy_args import add_worker_arg, workers_from_args
+from quorum_tui.engine.settings import DEFAULT_CTX, DEFAULT_SLOTS, EngineSettings
 from quorum_tui.models.registry import REAL_DEMO_MODEL, registry_names
 from quorum_tui.units import human_bytes
 
@@ -48,8 +47,9 @@ def register(sub: Subparsers) -> None:
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT")
-    p.add_argument("--ctx", type=int, default=2048, help="context length for the estimate")
+    add_worker_arg(p)
+    p.add_argument("--ctx", type=int, default=DEFAULT_CTX, help="context per slot (tokens)")
+    p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="requests served at once")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each worker")
 
 
@@ -86,15 +86,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from quorum_tui.models.preview import plan_needs, preview
     from quorum_tui.models.spec import parse_spec
 
-    if args.ctx < 1:
-        raise QuorumError(f"--ctx must be at least 1, not {args.ctx}")
-    workers = []
-    for index, endpoint in enumerate(args.worker, start=1):
-        parse_endpoint(endpoint, numeric=False)
-        workers.append(WorkerRef(f"w{index}", endpoint))
+    settings = EngineSettings(ctx=args.ctx, slots=args.slots)
+    workers = workers_from_args(args)
     found = preview(args.spec, parse_spec(args.spec, hub.hub_hosts()))
     info = found.info
-    needs = plan_needs(info, workers, args.ctx)
+    needs = plan_needs(info, workers, settings.ctx, settings.slots)
     results = asyncio.run(probe_all([w.endpoint for w in workers], args.timeout)) if workers else []
     free: list[int | None] = [_local_free(), *(r.free if r.ok else None for r in results)]
     status = [("ok", None), *((r.status, r.reason) for r in results)]

@@ -14,7 +14,6 @@ address = "10.0.0.2"
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -349,11 +348,3 @@ def save_inventory(inv: Inventory) -> Inventory:
 
 def _check_host(host: HostConfig, file: Path) -> None:
     _parse_host(host.to_toml(), 0, _Lines("", file))
-
-
-def is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True

@@ -3,6 +3,13 @@
 As root every host is a network namespace on a private bridge with its own 10.x address and
 its own sshd on port 22; otherwise every host is an sshd on its own loopback port. Only
 these addresses are ever targeted.
+
+A namespace host's link to the bridge can have a delay and a rate limit, each way, like a
+machine on a LAN: the host's veth then passes through a namespace of its own, where `tc netem`
+delays the frames (and limits the rate) in both directions, or, on a kernel without the netem
+qdisc, `forward_frames` relays them late in user space (with `tc tbf` for the rate). The round
+trip from this machine to the host is then about twice the delay; between two hosts, twice the
+sum of their delays.
 """
 
 from __future__ import annotations
@@ -10,19 +17,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from quorum_tui.cluster.runtime import EXTRA_PACKAGES, LLAMA_VERSION
 from quorum_tui.engine.localcluster import free_port
+from quorum_tui.errors import QuorumError
 
 SSHD = "/usr/sbin/sshd"
 IS_ROOT = os.geteuid() == 0
@@ -59,7 +70,7 @@ def build_wheelhouse(house: Path) -> Path:
     return house
 
 
-TOOLS = {name: shutil.which(name) or name for name in ("ip", "ssh-keygen")}
+TOOLS = {name: shutil.which(name) or name for name in ("ip", "tc", "ssh-keygen")}
 """Resolved once, so that a test changing PATH cannot stop the teardown."""
 
 
@@ -85,6 +96,9 @@ class LabHost:
     env: dict[str, str]
     lab: SshLab
     sshd: subprocess.Popen[bytes] | None = None
+    sftp: bool = True
+    link: str = ""
+    """How the host's link is shaped, e.g. `netem delay 1ms` (empty: a plain veth)."""
     host_key: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +116,8 @@ class LabHost:
             f"PidFile {self.dir / 'sshd.pid'}\nAuthorizedKeysFile {self.lab.authorized_keys}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin yes\n"
-            "AllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+            "AllowTcpForwarding yes\nLogLevel ERROR\n"
+            + ("Subsystem sftp internal-sftp\n" if self.sftp else "")
             + (f"SetEnv {env}\n" if env else "")
         )
         return config
@@ -167,10 +182,24 @@ class LabHost:
 
 
 class SshLab:
-    """Hosts, a client key, a wrong key, a known_hosts file and an ssh config."""
+    """Hosts, a client key, a wrong key, a known_hosts file and an ssh config.
 
-    def __init__(self, root: Path, remote_cache: Path, wheelhouse: Path) -> None:
+    `delay_ms` and `rate_mbit` are every host's link delay and rate limit, each way, unless
+    `add` says otherwise.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        remote_cache: Path,
+        wheelhouse: Path,
+        *,
+        delay_ms: float = 0.0,
+        rate_mbit: float | None = None,
+    ) -> None:
         self.root = root
+        self.delay_ms = delay_ms
+        self.rate_mbit = rate_mbit
         self.remote_cache = remote_cache
         self.base_env = {
             "QUORUM_CACHE_DIR": str(remote_cache),
@@ -193,6 +222,8 @@ class SshLab:
         )
         self.hosts: list[LabHost] = []
         self.namespaces: list[str] = []
+        self.links: list[str] = []
+        self.forwarders: list[subprocess.Popen[str]] = []
         tag = os.getpid() % 10000
         number = next(_LABS)
         self.prefix = f"qt{tag}x{number}"
@@ -206,15 +237,30 @@ class SshLab:
             sh("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
             sh("ip", "link", "set", self.bridge, "up")
 
-    def add(self, name: str, *, known: bool = True, env: dict[str, str] | None = None) -> LabHost:
+    def add(
+        self,
+        name: str,
+        *,
+        known: bool = True,
+        env: dict[str, str] | None = None,
+        sftp: bool = True,
+        delay_ms: float | None = None,
+        rate_mbit: float | None = None,
+    ) -> LabHost:
+        """Start a host. `sftp=False` leaves the SFTP subsystem out of its sshd; `delay_ms`
+        and `rate_mbit` (None: the lab's) shape its link each way."""
         index = len(self.hosts) + 1
         host_env = {**self.base_env, **(env or {})}
+        delay = self.delay_ms if delay_ms is None else delay_ms
+        rate = self.rate_mbit if rate_mbit is None else rate_mbit
+        link = ""
         if self.netns_mode:
             ns = f"{self.prefix}-{index}"
             veth = f"{self.prefix}v{index}"
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
-            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self.links.append(veth)
+            link = self._plumb(ns, veth, delay, rate)
             sh("ip", "link", "set", veth, "master", self.bridge, "up")
             address = f"{self.subnet}.{index + 1}"
             sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
@@ -222,15 +268,85 @@ class SshLab:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             host = LabHost(name, index, address, 22, self.root / name, ns, host_env, self)
         else:
+            if delay or rate:
+                raise QuorumError(
+                    "a lab link delay or rate limit needs network namespaces: run as root, "
+                    "or leave the delay and rate out"
+                )
             host = LabHost(
                 name, index, "127.0.0.1", free_port(), self.root / name, None, host_env, self
             )
+        host.sftp = sftp
+        host.link = link
         self.hosts.append(host)
         host.start()
         if known:
             with self.known_hosts.open("a") as out:
                 out.write(host.known_hosts_line())
         return host
+
+    def _plumb(self, ns: str, veth: str, delay_ms: float, rate_mbit: float | None) -> str:
+        """Link the bridge's `veth` to eth0 in `ns`; return how the link is shaped.
+
+        A shaped link passes through namespace `<ns>w`: its `lan` end faces the bridge, its
+        `host` end the host, and both send late (and at the rate) what they pass on.
+        """
+        if not delay_ms and not rate_mbit:
+            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            return ""
+        wire = f"{ns}w"
+        sh("ip", "netns", "add", wire)
+        self.namespaces.append(wire)
+        sh("ip", "link", "add", "name", veth, "type", "veth", "peer", "name", "lan", "netns", wire)
+        sh("ip", "-n", wire, "link", "add", "name", "host", "type", "veth",
+           "peer", "name", "eth0", "netns", ns)  # fmt: skip
+        ends = ("lan", "host")
+        for end in ends:
+            sh("ip", "-n", wire, "link", "set", "dev", end, "addrgenmode", "none")
+            sh("ip", "-n", wire, "link", "set", "dev", end, "up")
+        rate = ["rate", f"{rate_mbit:g}mbit"] if rate_mbit else []
+        how = []
+        if delay_ms:
+            netem = ["netem", "delay", f"{delay_ms:g}ms", *rate]
+            if _qdisc(wire, ends, netem):
+                self._bridge(wire, ends)
+                return " ".join(netem)
+            self._forward(wire, delay_ms / 1000)
+            how.append(
+                f"delay {delay_ms:g}ms by a user-space relay (no netem qdisc in this kernel)"
+            )
+        else:
+            self._bridge(wire, ends)
+        if rate_mbit:
+            burst = max(1 << 17, int(rate_mbit * 1e6 / 8 / 1000))
+            tbf = ["tbf", *rate, "burst", str(burst), "latency", "50ms"]
+            if not _qdisc(wire, ends, tbf):
+                raise RuntimeError("this kernel has no tbf qdisc to limit a lab link's rate")
+            how.append(" ".join(tbf[:3]))
+        return ", ".join(how)
+
+    def _bridge(self, wire: str, ends: tuple[str, str]) -> None:
+        sh("ip", "-n", wire, "link", "add", "name", "wire", "type", "bridge")
+        for end in ends:
+            sh("ip", "-n", wire, "link", "set", "dev", end, "master", "wire")
+        sh("ip", "-n", wire, "link", "set", "dev", "wire", "up")
+
+    def _forward(self, wire: str, delay_s: float) -> None:
+        """Start `forward_frames` in `wire`; it runs until the lab closes its stdin."""
+        log = self.root / f"{wire}.log"
+        code = "import sys; from quorum_tui.cluster.sshlab import forward_frames; forward_frames"
+        with log.open("w") as err:
+            relay = subprocess.Popen(
+                [TOOLS["ip"], "netns", "exec", wire, sys.executable, "-c",
+                 f"{code}(float(sys.argv[1]))", str(delay_s)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+        self.forwarders.append(relay)
+        assert relay.stdout is not None
+        if relay.stdout.readline().strip() != "ready":
+            relay.wait(5)
+            text = log.read_text(errors="replace")
+            raise RuntimeError(f"the frame relay of lab link {wire} did not start: {text}")
 
     def cluster_file(
         self,
@@ -298,13 +414,30 @@ class SshLab:
                 host.stop()
         with contextlib.suppress(Exception):
             self.kill_workers()
+        for relay in self.forwarders:
+            with contextlib.suppress(Exception):
+                relay.kill()
+                relay.wait(5)
         if self.netns_mode:
-            for index, ns in enumerate(self.namespaces, start=1):
+            for veth in self.links:
                 with contextlib.suppress(Exception):
-                    sh("ip", "link", "del", f"{self.prefix}v{index}", check=False)
+                    sh("ip", "link", "del", veth, check=False)
+            for ns in self.namespaces:
+                with contextlib.suppress(Exception):
                     sh("ip", "netns", "del", ns, check=False)
             with contextlib.suppress(Exception):
                 sh("ip", "link", "del", self.bridge, check=False)
+
+
+def _qdisc(wire: str, ends: tuple[str, str], spec: list[str]) -> bool:
+    """Add the qdisc `spec` on both ends; False if this kernel does not have that kind."""
+    for end in ends:
+        done = sh("tc", "-n", wire, "qdisc", "add", "dev", end, "root", *spec, check=False)
+        if done.returncode != 0:
+            if "unknown" in done.stderr:
+                return False
+            raise RuntimeError(f"tc cannot add {spec[0]} to a lab link: {done.stderr.strip()}")
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -319,9 +452,66 @@ def _alive(pid: int) -> bool:
     return True
 
 
+ETH_P_ALL = 3
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+FRAME_MAX = 1 << 18
+
+
+def _frame_socket(interface: str) -> socket.socket:
+    """A raw socket on `interface` whose frames carry their offload header (virtio_net_hdr):
+    TCP's segments of up to 64 KiB and unfinished checksums cross as they are."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+    sock.bind((interface, ETH_P_ALL))
+    sock.setblocking(False)
+    return sock
+
+
+def forward_frames(delay_s: float, ends: tuple[str, str] = ("lan", "host")) -> None:
+    """Relay every frame between two interfaces `delay_s` late, both ways, in order, until
+    stdin closes; prints `ready` once listening. A frame that cannot be sent is dropped, as
+    a wire would."""
+    socks = [_frame_socket(end) for end in ends]
+    queues: list[deque[tuple[float, bytes]]] = [deque(), deque()]
+
+    def exit_when_orphaned() -> None:
+        sys.stdin.read()
+        os._exit(0)
+
+    threading.Thread(target=exit_when_orphaned, daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        now = time.monotonic()
+        for out, queue in zip(socks, queues, strict=True):
+            while queue and queue[0][0] <= now:
+                with contextlib.suppress(OSError):
+                    out.send(queue.popleft()[1])
+        due = [queue[0][0] for queue in queues if queue]
+        timeout = max(0.0, min(due) - time.monotonic()) if due else None
+        ready, _, _ = select.select(socks, [], [], timeout)
+        now = time.monotonic()
+        for sock in ready:
+            onward = queues[1 - socks.index(sock)]
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    frame, (_, _, kind, *_) = sock.recvfrom(FRAME_MAX)
+                    if kind != socket.PACKET_OUTGOING:
+                        onward.append((now + delay_s, frame))
+
+
 @contextlib.contextmanager
-def temporary_lab(count: int, root: Path | None = None) -> Iterator[tuple[SshLab, list[LabHost]]]:
-    """`count` lab hosts for a benchmark, torn down afterwards.
+def temporary_lab(
+    count: int,
+    root: Path | None = None,
+    *,
+    delay_ms: float = 0.0,
+    rate_mbit: float | None = None,
+) -> Iterator[tuple[SshLab, list[LabHost]]]:
+    """`count` lab hosts for a benchmark (links shaped as `SshLab` says), torn down afterwards.
 
     The runtime and wheels live under Quorum's cache dir so that later runs reuse them.
     """
@@ -333,6 +523,8 @@ def temporary_lab(count: int, root: Path | None = None) -> Iterator[tuple[SshLab
             Path(tmp) / "lab",
             paths.ensure(base / "remote-cache"),
             build_wheelhouse(base / "wheelhouse"),
+            delay_ms=delay_ms,
+            rate_mbit=rate_mbit,
         )
         try:
             hosts = [lab.add(f"lab{i + 1}") for i in range(count)]

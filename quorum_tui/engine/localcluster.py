@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -134,9 +133,3 @@ def wait_ready(worker: LocalWorker, timeout: float = 60.0) -> None:
             return
         time.sleep(0.1)
     raise QuorumError(f"worker {worker.name} did not answer within {timeout:g}s")
-
-
-async def start_local_cluster(log_dir: Path, count: int, threads: int = 0) -> LocalCluster:
-    cluster = LocalCluster(log_dir)
-    await asyncio.to_thread(cluster.start, count, threads)
-    return cluster

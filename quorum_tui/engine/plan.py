@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -299,11 +299,3 @@ def plan_from_assignment(
         counts[stage] += 1
         previous = stage
     return LayerPlan.from_counts(len(layers), counts, workers), output
-
-
-def relabel(plan: LayerPlan, names: Sequence[str]) -> LayerPlan:
-    """The same plan with new worker names (endpoints kept)."""
-    stages = [plan.stages[0]]
-    for stage, name in zip(plan.stages[1:], names, strict=True):
-        stages.append(replace(stage, name=name))
-    return LayerPlan(plan.n_layers, tuple(stages))

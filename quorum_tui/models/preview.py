@@ -147,8 +147,8 @@ def preview(text: str, spec: ModelSpec) -> Preview:
 
 
 def plan_needs(
-    info: ModelInfo, workers: Sequence[WorkerRef], ctx: int
+    info: ModelInfo, workers: Sequence[WorkerRef], ctx: int, slots: int
 ) -> list[tuple[Stage, StageMemory]]:
-    """What each stage of an even plan over `workers` would need."""
+    """What each stage of an even plan over `workers` would need, `ctx` tokens per slot."""
     plan = LayerPlan.even(info.n_layers, list(workers))
-    return list(zip(plan.stages, stage_memory(info, plan, ctx), strict=True))
+    return list(zip(plan.stages, stage_memory(info, plan, ctx, slots), strict=True))

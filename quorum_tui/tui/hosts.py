@@ -62,13 +62,6 @@ class HostStatus:
             self.mem_used, self.mem_total = used, total
             self.memory.append(100.0 * used / total)
 
-    def apply_probe(self, result: ProbeResult) -> None:
-        self.state = result.status
-        self.reason = result.reason
-        self.rtt_ms = result.rtt_ms
-        if result.ok:
-            self.free = result.free
-
 
 def state_of(name: str) -> tuple[str, str]:
     return STATES.get(name, STATES["unknown"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat.served import Served, served_in_thread
+from tests.served import Served, served_in_thread
 
 
 @pytest.fixture(scope="package")

@@ -11,7 +11,7 @@ import pytest
 from quorum_tui.chat.store import ConversationStore
 from quorum_tui.cli import main
 from quorum_tui.engine.localcluster import free_port
-from tests.chat.served import Served
+from tests.served import Served
 
 
 def test_one_shot_streams_stores_and_continues(

@@ -10,7 +10,7 @@ import pytest
 
 from quorum_tui.chat.client import ChatClient, ChatError, ChatMessage, Finished, TextDelta
 from quorum_tui.engine.localcluster import free_port
-from tests.chat.served import NO_EOS, Served, eventually, served
+from tests.served import NO_EOS, Served, eventually, served
 
 HI = [ChatMessage("user", "Hello there")]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quorum_tui.chat.client import ReplyStats
-from quorum_tui.chat.session import ChatSession, describe_reply
+from quorum_tui.chat.session import SYSTEM_PROMPT, ChatSession, describe_reply
 from quorum_tui.chat.store import ConversationStore, Message, default_path, title_from
 from quorum_tui.errors import QuorumError
 
@@ -63,6 +63,7 @@ def test_conversations_persist_across_instances(tmp_path: Path) -> None:
     )
     resumed = ChatSession(ConversationStore(path), again)
     assert [(m.role, m.content) for m in resumed.history()] == [
+        ("system", SYSTEM_PROMPT),
         ("user", "What is a layer?"),
         ("assistant", "A slice of the model."),
     ]
@@ -103,7 +104,11 @@ def test_session_without_store_and_titles() -> None:
     session.add_prompt("hi")
     session.add_reply("", ReplyStats(), "error", None)
     assert session.conversation is None
-    assert [m.content for m in session.history()] == ["hi"]
+    assert [m.content for m in session.history()] == [SYSTEM_PROMPT, "hi"]
+    assert [m.content for m in ChatSession(system="").history()] == []
+    own = ChatSession(system="be brief")
+    own.messages.append(Message("system", "be kind"))
+    assert [m.content for m in own.history()] == ["be kind"]
     assert title_from("  a\n b  ") == "a b"
     assert title_from("") == "New conversation"
     long = title_from("word " * 40)

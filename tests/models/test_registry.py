@@ -22,7 +22,7 @@ from quorum_tui.models.download import DownloadCancelled, Progress
 from quorum_tui.models.registry import REAL_DEMO_MODEL, RegistryModel
 from quorum_tui.models.resolve import resolve_model
 from quorum_tui.models.spec import LocalSpec, RegistrySpec, parse_spec
-from tests.models.conftest import REAL_MODEL, real_wheel_or_fail
+from tests.conftest import REAL_MODEL, real_wheel_or_fail
 
 FAKE_MEMBER = "quorum_fake_model/fake.gguf"
 FAKE_BYTES = b"GGUF" + bytes(range(256)) * 8192

@@ -12,7 +12,7 @@ from textual.pilot import Pilot
 from quorum_tui.chat.store import ConversationStore, Message
 from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.tui.chat import NO_MODEL, ChatNotice, ChatPane, ConversationsDialog, MessageView
-from tests.chat.served import NO_EOS, Served, eventually, served, served_in_thread
+from tests.served import NO_EOS, Served, eventually, served, served_in_thread
 
 
 class Host(App[None]):

@@ -14,7 +14,7 @@ from quorum_tui.chat.store import ConversationStore
 from quorum_tui.cli import main
 from quorum_tui.tui.chat import CHUNK_CHARS, TAIL_LINES, MessageView
 from quorum_tui.tui.markdown_pieces import MarkdownPieces
-from tests.chat.served import eventually
+from tests.served import eventually
 from tests.tui.test_chat import Host, pane_of
 
 

@@ -1,4 +1,4 @@
-"""A real coordinator in serve mode for the chat tests, and a small wait helper."""
+"""A real deployment serving a model for the tests that talk to it, and a small wait helper."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from quorum_tui.deploy.deployment import Deployment, Prepared
+from quorum_tui.deploy.deployment import Access, Deployment, Prepared
 from quorum_tui.engine.gguf_info import inspect_model
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.settings import EngineSettings
@@ -29,12 +30,22 @@ class Served:
 
 @asynccontextmanager
 async def served(
-    model: Path, workers: Sequence[WorkerRef] = (), ctx: int = 2048
+    model: Path,
+    workers: Sequence[WorkerRef] = (),
+    ctx: int = 2048,
+    slots: int = 4,
+    counts: Sequence[int] | None = None,
+    api_key: str | None = None,
 ) -> AsyncIterator[Served]:
-    """The model served through a deployment, all layers on the workers when there are any."""
+    """The model served through a deployment: split `counts`, or evenly over the workers."""
     info = inspect_model(model)
-    plan = LayerPlan.even(info.n_layers, list(workers))
-    deployment = Deployment(settings=EngineSettings(ctx=ctx, threads=1))
+    plan = (
+        LayerPlan.from_counts(info.n_layers, counts, list(workers))
+        if counts is not None
+        else LayerPlan.even(info.n_layers, list(workers))
+    )
+    settings = EngineSettings(ctx=ctx, slots=slots, threads=1)
+    deployment = Deployment(settings=settings, access=Access(api_key=api_key))
     try:
         base = await asyncio.wait_for(deployment.start(Prepared(model, info, plan)), 120)
         yield Served(f"{base}/v1", plan, deployment)
@@ -43,12 +54,12 @@ async def served(
 
 
 @contextmanager
-def served_in_thread(model: Path) -> Iterator[Served]:
+def served_in_thread(model: Path, **options: Any) -> Iterator[Served]:
     """`served` on its own event loop in a thread, for fixtures shared by a module's tests."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    manager = served(model)
+    manager = served(model, **options)
     try:
         yield asyncio.run_coroutine_threadsafe(manager.__aenter__(), loop).result(180)
     finally:

@@ -1,0 +1,158 @@
+"""The lab's links behave like a LAN: a delay each way, a rate limit, SSH and tunnels on top.
+
+Every timing check is a lower bound on a median (or on a whole transfer): a loaded machine
+only makes round trips longer, never shorter than the link's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from quorum_tui.cluster.bringup import down
+from quorum_tui.cluster.inventory import load_inventory
+from quorum_tui.cluster.sshlab import LabHost, SshLab
+from quorum_tui.engine.measure import link_rtt
+from quorum_tui.engine.probe import probe_async
+
+from .helpers import quorum, up
+
+CLOSED_PORT = 9
+PING = f"""
+import socket, statistics, sys, time
+times = []
+for _ in range(15):
+    started = time.perf_counter()
+    try:
+        socket.create_connection((sys.argv[1], {CLOSED_PORT}), timeout=10).close()
+    except ConnectionRefusedError:
+        times.append(time.perf_counter() - started)
+print(statistics.median(times))
+"""
+
+
+def tcp_rtt(address: str, count: int = 15) -> float:
+    """Median seconds of a TCP SYN answered by a RST (a closed port): one round trip, no
+    process on the host involved."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        try:
+            socket.create_connection((address, CLOSED_PORT), timeout=10).close()
+        except ConnectionRefusedError:
+            times.append(time.perf_counter() - started)
+    assert len(times) == count, f"port {CLOSED_PORT} of {address} did not refuse every connect"
+    return statistics.median(times)
+
+
+def netns_only(lab: SshLab) -> None:
+    assert lab.netns_mode, "shaped lab links need network namespaces: run the tests as root"
+
+
+def test_delay_each_way_sets_the_round_trip(lab: SshLab) -> None:
+    netns_only(lab)
+    plain = lab.add("plain")
+    near = lab.add("near", delay_ms=1.0)
+    assert plain.link == ""
+    assert "1ms" in near.link
+    plain_rtt, near_rtt = tcp_rtt(plain.address), tcp_rtt(near.address)
+    assert plain_rtt < 1e-3, f"an unshaped link took {plain_rtt * 1e3:.2f} ms"
+    assert near_rtt >= 1.6e-3, f"{near.link}: round trip {near_rtt * 1e3:.2f} ms"
+
+
+def test_lab_wide_delay_applies_to_every_link_unless_a_host_says_otherwise(
+    tmp_path: Path, remote_cache: Path, wheelhouse: Path
+) -> None:
+    lab = SshLab(tmp_path / "lab", remote_cache, wheelhouse, delay_ms=2.0)
+    try:
+        netns_only(lab)
+        far, local = lab.add("far"), lab.add("local", delay_ms=0)
+        assert "2ms" in far.link and local.link == ""
+        assert tcp_rtt(far.address) >= 3.2e-3, far.link
+        assert tcp_rtt(local.address) < 1e-3
+        between = host_rtt(local, far)
+        assert between >= 3.2e-3, f"{far.link}: host to host {between * 1e3:.2f} ms"
+    finally:
+        lab.close()
+
+
+def host_rtt(source: LabHost, target: LabHost) -> float:
+    """The median round trip from one host's namespace to another host."""
+    out = subprocess.run(
+        source.ns_cmd(sys.executable, "-c", PING, target.address),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout)
+
+
+ECHO = """
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+conn, _ = server.accept()
+size, got = int(sys.argv[3]), 0
+while got < size:
+    got += len(conn.recv(1 << 20))
+conn.sendall(bytes(size))
+conn.close()
+"""
+
+
+def test_rate_limit_holds_both_ways(lab: SshLab) -> None:
+    netns_only(lab)
+    rate_mbit, size, port = 40.0, 3 << 20, 7000
+    host = lab.add("thin", rate_mbit=rate_mbit)
+    assert "tbf rate 40mbit" in host.link or "rate 40mbit" in host.link
+    server = subprocess.Popen(
+        host.ns_cmd(sys.executable, "-c", ECHO, host.address, str(port), str(size)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        started = time.perf_counter()
+        with socket.create_connection((host.address, port), timeout=30) as conn:
+            conn.sendall(bytes(size))
+            got = 0
+            while got < size:
+                chunk = conn.recv(1 << 20)
+                assert chunk, "the echo server closed early"
+                got += len(chunk)
+        elapsed = time.perf_counter() - started
+    finally:
+        server.kill()
+        server.wait()
+    least = 2 * (size - (1 << 18)) * 8 / (rate_mbit * 1e6)
+    assert elapsed >= 0.9 * least, f"{host.link}: {2 * size} bytes in {elapsed:.2f} s"
+
+
+async def test_worker_through_a_delayed_link(lab: SshLab, tiny_model: Path) -> None:
+    netns_only(lab)
+    host = lab.add("remote", delay_ms=1.0)
+    path = lab.cluster_file([host])
+    cluster, _ = await up(path)
+    try:
+        (result,) = cluster.results
+        assert result.state == "worker-up", result.reason
+        assert result.tunnel is not None and result.endpoint is not None
+        assert (await probe_async(result.endpoint, timeout=10)).ok
+        rtt = await asyncio.to_thread(link_rtt, result.endpoint, 15)
+        assert rtt >= 1.6e-3, f"{host.link}: RPC round trip through the tunnel {rtt * 1e3:.2f} ms"
+    finally:
+        await cluster.close()
+    single = quorum("run", str(tiny_model), "-p", "far away", "-n", "8")
+    sharded = quorum(
+        "run", "--cluster", str(path), str(tiny_model), "-p", "far away", "-n", "8",
+        "--split", "2,3",
+    )  # fmt: skip
+    await down(load_inventory(path))
+    assert single.returncode == 0, single.stderr
+    assert sharded.returncode == 0, sharded.stderr
+    assert sharded.stdout == single.stdout and sharded.stdout.strip()
