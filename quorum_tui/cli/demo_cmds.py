@@ -17,9 +17,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="open the app on a local demo cluster (local workers)")
     p.add_argument("--workers", type=int, default=DEMO_WORKERS,
                    help=f"local workers to start, 1-3 (default {DEMO_WORKERS})")  # fmt: skip
-    p.add_argument("--model", default=None,
-                   help="model spec (default: a small Hub model when online, else "
-                   f"{DEMO_MODEL}, random weights)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        help=f"model spec (default {DEMO_MODEL}: SmolLM2-135M-Instruct, a real model from the "
+        "package registry; synthetic:... for random weights)",
+    )
     p.add_argument("--headless", action="store_true",
                    help="no app: start the workers, stream one generation, stop")  # fmt: skip
     p.add_argument("-n", "--n-predict", type=int, default=48, help="tokens for --headless")
@@ -35,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from quorum_tui.tui.app import QuorumApp
     from quorum_tui.tui.session import Setup
 
-    run_app(QuorumApp(Setup(model=args.model, demo_workers=args.workers)))
+    run_app(QuorumApp(Setup(model=args.model, demo_workers=args.workers, temperature=0.0)))
     return 0
 
 
@@ -51,7 +53,7 @@ async def _headless(args: argparse.Namespace) -> int:
     print(f"starting {args.workers} local workers...", file=sys.stderr)
     async with Deployment(Target(local_workers=args.workers), on_event=DeployPrinter()) as demo:
         prepared = await demo.prepare(args.model or DEMO_MODEL)
-        print(f"model: {prepared.info.name} ({prepared.info.n_layers} layers)", file=sys.stderr)
+        print(f"model: {prepared.path.name} ({prepared.info.n_layers} layers)", file=sys.stderr)
         print(f"plan: {prepared.plan.summary()}", file=sys.stderr)
         await demo.start(prepared)
         result = await demo.run(CompletionRequest(DEMO_PROMPT, args.n_predict), sys.stdout)

@@ -19,6 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", help="a model spec to load at start")
     add_worker_arg(p, help="a worker to plan over (repeatable)")
     add_engine_args(p)
+    p.add_argument("--temp", type=float, help="the Chat's temperature (default: the server's)")
     p.set_defaults(func=cmd_tui)
 
 
@@ -38,6 +39,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         model=getattr(args, "model", None),
         workers=workers,
         settings=settings,
+        temperature=getattr(args, "temp", None),
         offer_demo=not workers and not cluster_file_exists(),
     )
     run_app(QuorumApp(setup))

@@ -31,7 +31,7 @@ from quorum_tui.tui.layermap import LayerMap
 from quorum_tui.tui.layers_pane import LayersPane
 from quorum_tui.tui.model_actions import ModelActions
 from quorum_tui.tui.models_pane import ModelsPane
-from quorum_tui.tui.session import DEMO_WORKERS, Setup, is_synthetic, proposal
+from quorum_tui.tui.session import DEMO_WORKERS, Setup, is_synthetic, proposal, sharding_advice
 from quorum_tui.tui.ssh_actions import SshActions
 from quorum_tui.tui.sshhosts import SshHosts
 
@@ -76,6 +76,8 @@ class QuorumApp(SshActions, ModelActions):
         self.url: str | None = None
         self.errors: list[str] = []
         self.workers_in_use: set[str] = set()
+        self.demo_applied = False
+        self.demo_chatted = False
         self.auto_plans: dict[tuple[str, tuple[WorkerRef, ...]], LayerPlan] = {}
         self._sampler = LocalSampler()
         self._keymap_error: str | None = None
@@ -114,6 +116,8 @@ class QuorumApp(SshActions, ModelActions):
         self.show_hosts()
         self.show_plan()
         self.set_coordinator_status()
+        if self.setup.temperature is not None:
+            self.query_one(ChatPane).request_options["temperature"] = self.setup.temperature
         self.focus_tab("cluster")
         self.call_after_refresh(freeze_startup_heap)
         if self.setup.model:
@@ -168,12 +172,19 @@ class QuorumApp(SshActions, ModelActions):
         by_endpoint = {h.endpoint: h.free for h in self.hosts if h.endpoint}
         return [self.local_free_bytes, *(by_endpoint.get(w.endpoint) for w in plan.workers)]
 
+    @property
+    def advice(self) -> str:
+        """Whether the model needs sharding at all (the rule Quorum teaches)."""
+        if self.info is None:
+            return ""
+        return sharding_advice(self.info, self.setup.settings, self.local_free_bytes)
+
     def show_plan(self) -> None:
         plan = self.plan
         free = self.stage_free(plan) if plan else []
         realized = self.realized if plan is not None and plan == self.serving_plan else None
         for pane in self.query(LayersPane):
-            pane.show(self.info, plan, free, self.setup.settings, realized)
+            pane.show(self.info, plan, free, self.setup.settings, realized, self.advice)
 
     def set_coordinator_status(self, text: str | Text | None = None) -> None:
         if text is None:
@@ -199,7 +210,7 @@ class QuorumApp(SshActions, ModelActions):
         pane = self.query_one(ChatPane)
         if self.info is not None and is_synthetic(self.info):
             pane.max_tokens = SYNTHETIC_REPLY_TOKENS
-        pane.set_endpoint(url, summary)
+        pane.set_endpoint(url, summary, self.advice if url else "")
 
     def replan(self) -> None:
         """A new plan from the planner when the model or the workers changed."""
@@ -382,6 +393,9 @@ class QuorumApp(SshActions, ModelActions):
         self.set_chat_endpoint(self.url, plan.summary())
         self.hosts[0].state = "serving"
         self.show_hosts()
+        if self.setup.demo_workers and not self.demo_chatted:
+            self.demo_chatted = True
+            self.action_tab("chat")
 
     def on_coordinator_stopped(self, message: msg.CoordinatorStopped) -> None:
         self.workers_in_use = set()
@@ -415,8 +429,8 @@ class QuorumApp(SshActions, ModelActions):
             ConfirmDialog(
                 "No cluster yet",
                 f"There is no cluster file yet. Start a local demo cluster: {DEMO_WORKERS} "
-                "quorum workers on 127.0.0.1 and a small model (the synthetic one has random "
-                "weights: its text is noise)?",
+                "quorum workers on 127.0.0.1 serving SmolLM2-135M-Instruct, a small real model "
+                "(it fits on one machine: it is sharded only to show how sharding works)?",
                 yes="Start the demo",
                 no="Not now",
             ),
@@ -428,6 +442,7 @@ class QuorumApp(SshActions, ModelActions):
             self.notify("the demo cluster is already running")
             return
         self.setup.demo_workers = self.setup.demo_workers or DEMO_WORKERS
+        self.query_one(ChatPane).request_options.setdefault("temperature", 0.0)
         self.sub_title = "local demo cluster"
         if self.info is None:
             self.load_demo_model()
@@ -456,6 +471,17 @@ class QuorumApp(SshActions, ModelActions):
         self.show_hosts()
         self.replan()
         self.action_refresh()
+        self.demo_ready()
+
+    def demo_ready(self) -> None:
+        """The demo applies its plan by itself once its workers and model are both there,
+        so the first thing a newcomer sees is a model ready to chat."""
+        if self.cluster is None or self.info is None or self.demo_applied or self.plan is None:
+            return
+        if {w.endpoint for w in self.plan.workers} != {r.endpoint for r in self.cluster.refs}:
+            return
+        self.demo_applied = True
+        self.call_later(self.action_apply)
 
     def action_refresh(self) -> None:
         if self.setup.live:

@@ -39,3 +39,6 @@ class AppBase(App[None]):
 
     def action_refresh(self) -> None:
         raise NotImplementedError
+
+    def demo_ready(self) -> None:
+        raise NotImplementedError

@@ -268,6 +268,7 @@ class ChatPane(Vertical):
         self.session = ChatSession(store)
         self.url: str | None = None
         self.plan_summary = ""
+        self.note = ""
         self.max_tokens = 512
         self.request_options: dict[str, Any] = {}
         self.client: ChatClient | None = None
@@ -303,9 +304,10 @@ class ChatPane(Vertical):
         """True while a reply streams."""
         return self._reply_worker is not None and self._reply_worker.is_running
 
-    def set_endpoint(self, url: str | None, plan_summary: str) -> None:
+    def set_endpoint(self, url: str | None, plan_summary: str, note: str = "") -> None:
         """Send prompts to `url` (an OpenAI-compatible base like http://127.0.0.1:PORT/v1),
-        served with the plan `plan_summary`; None means no coordinator is running."""
+        served with the plan `plan_summary`; None means no coordinator is running. `note`
+        is shown under the endpoint (whether the model needs sharding at all)."""
         old = self.client
         if url != self.url:
             self.client = ChatClient(url) if url else None
@@ -313,6 +315,7 @@ class ChatPane(Vertical):
                 self.run_worker(old.aclose(), group="chat-close", exit_on_error=False)
         self.url = url
         self.plan_summary = plan_summary
+        self.note = note
         self._show_endpoint()
 
     def report_error(self, text: str) -> None:
@@ -331,7 +334,8 @@ class ChatPane(Vertical):
             line.add_class("down")
             return
         plan = f" · plan {self.plan_summary}" if self.plan_summary else ""
-        line.update(f"Model at {self.url}{plan}")
+        note = f"\n{self.note}" if self.note else ""
+        line.update(f"Model at {self.url}{plan}{note}")
         line.remove_class("down")
 
     async def _notice(self, text: str, *, error: bool = True) -> None:

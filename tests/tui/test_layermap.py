@@ -195,3 +195,21 @@ async def test_a_stage_that_does_not_fit_is_red(tiny_model: Path) -> None:
         await pilot.press("right", "right")
         assert app.plan is not None and app.plan.counts == (2, 1, 2)
         assert layer_map.notes[0][1] is False
+
+
+async def test_the_real_model_s_30_layers(real_model_file: Path) -> None:
+    app = QuorumApp(fixed_setup(real_model_file))
+    async with app.run_test(size=(120, 40)) as pilot:
+        layer_map = await open_layers(pilot, app)
+        assert app.info is not None and app.info.n_layers == 30
+        assert app.plan is not None and app.plan.counts == (0, 15, 15)
+        geo = layer_map.geometry
+        start, y = geo.edge(15)
+        target = geo.edge(20)
+        await pilot.mouse_down(layer_map, offset=(start, y))
+        await pilot.hover(layer_map, offset=target)
+        await pilot.mouse_up(layer_map, offset=target)
+        await pilot.pause()
+        assert app.plan.counts == (0, 20, 10)
+        rows = app.query_one("#stages", DataTable)
+        assert [str(rows.get_row_at(i)[2]) for i in range(3)] == ["-", "0-19", "20-29+out"]

@@ -1,0 +1,318 @@
+"""`quorum bench engine`: Quorum's endpoint against llama-server started by hand, same split.
+
+Four local workers: two serve Quorum's deployment (gateway in front of llama-server, started
+by the deployment API as `quorum serve` starts it), two serve the same llama-server binary
+started directly with the equivalent flags (no gateway, llama.cpp's default log level). A
+third server holds the whole model in one process, for scale. All three stay up, and every
+measurement runs on each of them in turn, in rounds that rotate who goes first:
+
+- single-stream decode: tokens/s of one streamed completion, from the client's clock;
+- time to first token of a prompt of about 1,000 tokens (nothing cached);
+- aggregate tokens/s of 1, 2 and 4 clients at once (total tokens over the wall time).
+
+Each ratio is the median of the rounds' own ratios, so load that changes between rounds does
+not move it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from quorum_tui import paths
+from quorum_tui.deploy.deployment import Deployment, Prepared
+from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
+from quorum_tui.engine.llama_server import ServerOptions, server_argv
+from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.plan import LayerPlan, even_counts
+from quorum_tui.engine.settings import EngineSettings, cores, shared_threads
+from quorum_tui.errors import QuorumError
+from quorum_tui.models.registry import REAL_DEMO_MODEL
+
+FALLBACK_MODEL = "synthetic:layers=24,embd=512,heads=8,dtype=q8_0"
+CLIENTS = (1, 2, 4)
+WORDS = (
+    "river stone lantern harbor meadow copper signal window orchard thunder ribbon "
+    "compass glacier saddle violet canyon ember falcon quarry velvet"
+).split()
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("engine", help="Quorum's endpoint vs llama-server by hand, same split")
+    p.add_argument("--model", help=f"default: {REAL_DEMO_MODEL}, else a synthetic q8_0 model")
+    p.add_argument("--split", help="layers per stage, coordinator first (default: thirds)")
+    p.add_argument("-n", "--tokens", type=int, default=64, help="tokens per stream")
+    p.add_argument("--prompt-tokens", type=int, default=1000, help="tokens of the long prompt")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_engine)
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    if args.tokens < 2 or args.rounds < 1:
+        raise QuorumError("--tokens must be at least 2 and --rounds at least 1")
+    result = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['model']}: split {result['split']}, {result['threads']} coordinator thread(s)")
+    print(
+        f"single stream: Quorum {result['quorum_tps']:.1f} tokens/s, llama-server "
+        f"{result['llama_server_tps']:.1f}, one process {result['single_tps']:.1f}; "
+        f"ratio {result['ratio_tps']:.3f} (target >= 0.97)"
+    )
+    print(
+        f"first token of a {result['long_prompt_tokens']}-token prompt: Quorum "
+        f"{result['ttft_long_s']:.2f} s, llama-server {result['llama_server_ttft_long_s']:.2f} s, "
+        f"one process {result['single_ttft_long_s']:.2f} s; ratio "
+        f"{result['ratio_ttft_long']:.3f} (target <= 1.05)"
+    )
+    agg = result["aggregate_tps"]
+    hand = result["llama_server_aggregate_tps"]
+    print(
+        "clients at once (tokens/s in all): "
+        + ", ".join(f"{k}: {agg[k]:.1f} (by hand {hand[k]:.1f})" for k in agg)
+        + f"; 4 clients / 1 = {result['scaling_4']:.2f} (target >= 1.8)"
+    )
+    return 0
+
+
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    """Base URL, without /v1."""
+
+
+def pick_model(spec: str | None) -> tuple[Path, str]:
+    from quorum_tui.models.resolve import resolve_model
+
+    if spec:
+        return resolve_model(spec), spec
+    try:
+        return resolve_model(REAL_DEMO_MODEL), REAL_DEMO_MODEL
+    except QuorumError:
+        return resolve_model(FALLBACK_MODEL), FALLBACK_MODEL
+
+
+def split_for(info: ModelInfo, text: str | None) -> list[int]:
+    from quorum_tui.engine.plan import parse_split
+
+    if text:
+        return parse_split(text)
+    thirds = even_counts(info.n_layers, 3)[1:]
+    return [thirds[2], thirds[0], thirds[1]]
+
+
+@contextlib.contextmanager
+def by_hand(argv: list[str], log: Path) -> Iterator[None]:
+    """llama-server started directly, as a user would, until the block ends."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_healthy(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise QuorumError(f"llama-server at {url} did not come up within {timeout:g}s")
+
+
+def hand_argv(model: Path, plan: LayerPlan, options: ServerOptions) -> list[str]:
+    """Quorum's coordinator command at llama.cpp's default log level (info)."""
+    argv = server_argv(model, plan, options)
+    at = argv.index("--log-verbosity")
+    return [*argv[:at], *argv[at + 2 :]]
+
+
+async def stream(
+    http: httpx.AsyncClient, url: str, prompt: str | list[int], tokens: int
+) -> tuple[int, float, float, float]:
+    """(tokens, seconds to the first, seconds from the first to the last, end) of one stream."""
+    body = {
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "cache_prompt": False,
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            raise QuorumError(f"{url} answered {response.status_code}: {await response.aread()!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            text = json.loads(line[6:])["choices"][0].get("text")
+            if text:
+                last = time.perf_counter()
+                first = first or last
+                count += 1
+    if count < tokens:
+        raise QuorumError(f"{url} sent {count} of {tokens} tokens")
+    return count, first - started, last - first, last
+
+
+async def decode_tps(http: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> float:
+    count, _, spent, _ = await stream(http, url, prompt, tokens)
+    return (count - 1) / spent if spent > 0 else 0.0
+
+
+async def ttft(http: httpx.AsyncClient, url: str, prompt: list[int]) -> float:
+    return (await stream(http, url, prompt, 2))[1]
+
+
+async def aggregate(http: httpx.AsyncClient, url: str, clients: int, tokens: int) -> float:
+    started = time.perf_counter()
+    runs = await asyncio.gather(
+        *(stream(http, url, f"Client {i} tells a story about the {WORDS[i]}", tokens)
+          for i in range(clients))
+    )  # fmt: skip
+    end = max(run[3] for run in runs)
+    return sum(run[0] for run in runs) / (end - started)
+
+
+async def long_prompt(http: httpx.AsyncClient, url: str, tokens: int) -> list[int]:
+    """Exactly `tokens` token ids of varied text (llama-server takes ids as a prompt)."""
+    text = " ".join(f"the {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}"
+                    for i in range(tokens))  # fmt: skip
+    reply = await http.post(f"{url}/tokenize", json={"content": text})
+    ids = [int(t) for t in reply.json()["tokens"]]
+    if len(ids) < tokens:
+        raise QuorumError(f"the long prompt has only {len(ids)} tokens")
+    return ids[:tokens]
+
+
+@contextlib.asynccontextmanager
+async def servers(
+    path: Path, info: ModelInfo, counts: list[int], log_dir: Path
+) -> AsyncIterator[tuple[list[Endpoint], int]]:
+    """Quorum's deployment, llama-server by hand and one process, all up at once."""
+    threads = shared_threads(2)
+    cluster = LocalCluster(log_dir)
+    await asyncio.to_thread(cluster.start, 4, threads)
+    ours, theirs = cluster.refs[:2], cluster.refs[2:]
+    settings = EngineSettings()
+    try:
+        async with Deployment(settings=settings) as deployment:
+            deployment.use_workers(ours, local=2)
+            plan = LayerPlan.from_counts(info.n_layers, counts, ours)
+            url = await deployment.start(Prepared(path, info, plan))
+            options = ServerOptions(
+                port=free_port(),
+                ctx=settings.ctx,
+                slots=settings.slots,
+                threads=deployment.threads,
+                alias=path.name,
+            )
+            hand_plan = LayerPlan.from_counts(info.n_layers, counts, theirs)
+            alone = ServerOptions(
+                port=free_port(), ctx=settings.ctx, slots=settings.slots, threads=cores()
+            )
+            single = LayerPlan.from_counts(info.n_layers, [info.n_layers], [])
+            with (
+                by_hand(hand_argv(path, hand_plan, options), log_dir / "by-hand.log"),
+                by_hand(hand_argv(path, single, alone), log_dir / "one-process.log"),
+            ):
+                hand = f"http://127.0.0.1:{options.port}"
+                one = f"http://127.0.0.1:{alone.port}"
+                await wait_healthy(hand)
+                await wait_healthy(one)
+                endpoints = [
+                    Endpoint("quorum", url),
+                    Endpoint("by_hand", hand),
+                    Endpoint("single", one),
+                ]
+                yield endpoints, deployment.threads
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    path, name = await asyncio.to_thread(pick_model, args.model)
+    info = await asyncio.to_thread(inspect_model, path)
+    counts = split_for(info, args.split)
+    log_dir = paths.ensure(paths.data_dir() / "logs" / f"bench-engine-{time.strftime('%H%M%S')}")
+    prompt = "Once upon a time, in a quiet harbor town,"
+    rounds: list[dict[str, Any]] = []
+    async with (
+        servers(path, info, counts, log_dir) as (endpoints, threads),
+        httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as http,
+    ):
+        long = await long_prompt(http, endpoints[0].url, args.prompt_tokens)
+        for r in range(args.rounds):
+            order = endpoints[r % 3 :] + endpoints[: r % 3]
+            row: dict[str, Any] = {"order": [e.name for e in order]}
+            for e in order:
+                row[f"{e.name}_tps"] = await decode_tps(http, e.url, prompt, args.tokens)
+                row[f"{e.name}_ttft_long_s"] = await ttft(http, e.url, long)
+            for e in order:
+                if e.name == "single":
+                    continue
+                row[f"{e.name}_aggregate"] = {
+                    str(k): await aggregate(http, e.url, k, args.tokens) for k in CLIENTS
+                }
+            rounds.append(row)
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    def agg(name: str) -> dict[str, float]:
+        return {str(k): statistics.median(r[f"{name}_aggregate"][str(k)] for r in rounds)
+                for k in CLIENTS}  # fmt: skip
+
+    return {
+        "model": name,
+        "path": str(path),
+        "split": ",".join(map(str, counts)),
+        "threads": threads,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "long_prompt_tokens": len(long),
+        "quorum_tps": median("quorum_tps"),
+        "llama_server_tps": median("by_hand_tps"),
+        "single_tps": median("single_tps"),
+        "ratio_tps": statistics.median(r["quorum_tps"] / r["by_hand_tps"] for r in rounds),
+        "ttft_long_s": median("quorum_ttft_long_s"),
+        "llama_server_ttft_long_s": median("by_hand_ttft_long_s"),
+        "single_ttft_long_s": median("single_ttft_long_s"),
+        "ratio_ttft_long": statistics.median(
+            r["quorum_ttft_long_s"] / r["by_hand_ttft_long_s"] for r in rounds
+        ),
+        "aggregate_tps": agg("quorum"),
+        "llama_server_aggregate_tps": agg("by_hand"),
+        "scaling_4": statistics.median(
+            r["quorum_aggregate"]["4"] / r["quorum_aggregate"]["1"] for r in rounds
+        ),
+        "per_round": rounds,
+        "logs": str(log_dir),
+    }
