@@ -86,3 +86,47 @@ def test_completion_and_models(server: tuple[str, str], tiny_model: Path) -> Non
     ).json()
     assert done["usage"]["completion_tokens"] > 0
     assert isinstance(done["choices"][0]["text"], str)
+
+
+def test_a_worker_killed_mid_stream_ends_serve_with_its_name(
+    local_cluster: LocalCluster, slow_model: Path
+) -> None:
+    local_cluster.start(2)
+    port = free_port()
+    args = ["serve", str(slow_model), "--split", "0,4,4", "--port", str(port)]
+    for worker in local_cluster.workers:
+        args += ["--worker", worker.endpoint]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quorum_tui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("serving"), proc.stderr.read()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        victim = local_cluster.workers[1]
+        body = {"prompt": "Once", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        lines = []
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            httpx.stream("POST", url, json=body, timeout=60) as response,
+        ):
+            for line in response.iter_lines():
+                lines.append(line)
+                if len(lines) == 10:
+                    victim.kill(signal.SIGKILL)
+        assert "[DONE]" not in "".join(lines)
+        events = [line for line in lines if line.startswith("data: ")]
+        assert "stopped mid-reply" in events[-1]
+        assert proc.wait(timeout=60) == 1
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"worker w2 ({victim.endpoint}) is unreachable" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    psutil.wait_procs(children, timeout=10)
+    assert not [c for c in children if c.is_running() and c.status() != "zombie"]
