@@ -2,13 +2,18 @@
 
 Layout under the remote cache dir (`$QUORUM_CACHE_DIR`, else `$XDG_CACHE_HOME/quorum`, else
 `~/.cache/quorum`): `runtime-<version>/venv` (python3 -m venv), `app/quorum_tui` (this
-package's code, uploaded over SFTP as a tarball), `runtime.json` (written last: protocol, llama
-version, RPC verified, code hash) and `install.log`. Installs on a shared home directory are
-serialised with a file lock.
+package's code, uploaded as a tarball), `runtime.json` (written last: protocol, llama version,
+RPC verified, code hash) and `install.log`. Installs on a shared home directory are serialised
+with a file lock.
+
+The tarball goes over SFTP or, where sshd has no SFTP subsystem, down the stdin of `cat` on an
+exec channel. Either way it lands as `NAME.part`, the host checks its sha256 (`sha256sum`, else
+python3) and only then renames it into place; a mismatch deletes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import secrets
@@ -17,16 +22,20 @@ import tarfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import asyncssh
 
 from quorum_tui.cluster.events import HostFailure
 from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts
-from quorum_tui.cluster.sessions import HostSession
+from quorum_tui.cluster.sessions import HostSession, command_failures
 
 LLAMA_VERSION = "0.3.36"
 EXTRA_PACKAGES = ("platformdirs",)
 TAIL_LINES = 15
+UPLOAD_TIMEOUT = 300.0
+MISMATCH = 3
+HASH_PY = "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
 
 INSTALL_SCRIPT = r"""
 import fcntl, json, os, subprocess, sys, tarfile
@@ -133,13 +142,7 @@ async def ensure_runtime(
         raise HostFailure("worker-down", "the host has no python3 to build a worker runtime with")
     data, digest = app_tarball()
     tarball = f"{facts.runtime_dir}/upload-{digest[:12]}-{secrets.token_hex(4)}.tar.gz"
-    try:
-        async with session.conn.start_sftp_client() as sftp:
-            await sftp.makedirs(facts.runtime_dir, exist_ok=True)
-            async with sftp.open(tarball, "wb") as remote:
-                await remote.write(data)
-    except (asyncssh.Error, OSError) as exc:
-        raise HostFailure("worker-down", f"cannot upload Quorum's code over SFTP: {exc}") from None
+    await upload(session, tarball, data, on_line)
     args = [
         facts.runtime_dir,
         tarball,
@@ -159,3 +162,81 @@ async def ensure_runtime(
             f"(exit {status}); the last lines of {facts.runtime_dir}/install.log:\n{tail}",
         )
     return facts.runtime_python
+
+
+async def upload(
+    session: HostSession, path: str, data: bytes, on_line: Callable[[str], None]
+) -> Literal["sftp", "exec"]:
+    """Put `data` at `path` on the host, checked by sha256; return the channel it took.
+
+    SFTP first; a host without it (or whose SFTP fails) gets the bytes on the stdin of `cat`.
+    """
+    want = hashlib.sha256(data).hexdigest()
+    part = f"{path}.part"
+    folder = path.rpartition("/")[0] or "/"
+    verify = _verify_script(part, path, want)
+    try:
+        async with session.conn.start_sftp_client() as sftp:
+            await sftp.makedirs(folder, exist_ok=True)
+            async with sftp.open(part, "wb") as remote:
+                await remote.write(data)
+    except (asyncssh.Error, OSError) as exc:
+        sftp_error = str(exc) or type(exc).__name__
+    else:
+        _check(await session.run(verify, timeout=UPLOAD_TIMEOUT), part, want)
+        return "sftp"
+    name = path.rpartition("/")[2]
+    on_line(f"no SFTP ({sftp_error}): streaming {name} over an exec channel (cat) instead")
+    quoted = shlex.quote(part)
+    command = (
+        f"mkdir -p {shlex.quote(folder)} && cat > {quoted} || {{ rm -f {quoted}; exit 1; }}\n"
+        + verify
+    )
+    with command_failures(UPLOAD_TIMEOUT):
+        done = await asyncio.wait_for(
+            session.conn.run(command, input=data, encoding=None, check=False), UPLOAD_TIMEOUT
+        )
+    if done.exit_status not in (0, MISMATCH):
+        raise HostFailure(
+            "worker-down",
+            f"cannot upload Quorum's code to {folder}: SFTP failed ({sftp_error}) and so did "
+            f"`cat` on an exec channel ({_error(done)}); make sure that directory is writable "
+            "and has space (or set QUORUM_CACHE_DIR on the host to a place that is)",
+        )
+    _check(done, part, want)
+    return "exec"
+
+
+def _verify_script(part: str, dest: str, want: str) -> str:
+    """sh: check `part` against sha256 `want`, then rename it to `dest`, or else delete it."""
+    part, dest = shlex.quote(part), shlex.quote(dest)
+    return (
+        f"sum=$( (sha256sum < {part} || python3 -c {shlex.quote(HASH_PY)} < {part}) 2>/dev/null)\n"
+        "sum=${sum%% *}\n"
+        f'if [ "$sum" != {want} ]; then rm -f {part}; echo "${{sum:-none}}"; exit {MISMATCH}; fi\n'
+        f"mv -f {part} {dest} || {{ rm -f {part}; exit 1; }}\n"
+    )
+
+
+def _check(done: asyncssh.SSHCompletedProcess, part: str, want: str) -> None:
+    """Raise HostFailure unless the verify script renamed the upload into place."""
+    if done.exit_status == 0:
+        return
+    if done.exit_status == MISMATCH:
+        got = _text(done.stdout)
+        raise HostFailure(
+            "worker-down",
+            f"the upload of Quorum's code did not arrive intact: {part} had sha256 "
+            f"{got[:16]}, not {want[:16]}; it was deleted and nothing was installed. Retry; "
+            "if it happens again, check the host's disk in that directory (space, errors)",
+        )
+    raise HostFailure("worker-down", f"cannot move the uploaded {part} into place: {_error(done)}")
+
+
+def _error(done: asyncssh.SSHCompletedProcess) -> str:
+    return _text(done.stderr) or f"exit status {done.exit_status}"
+
+
+def _text(out: object) -> str:
+    """A remote command's stdout or stderr (bytes on a binary channel) as stripped text."""
+    return (out.decode(errors="replace") if isinstance(out, bytes) else str(out or "")).strip()

@@ -253,7 +253,6 @@ class SshLab:
         host_env = {**self.base_env, **(env or {})}
         delay = self.delay_ms if delay_ms is None else delay_ms
         rate = self.rate_mbit if rate_mbit is None else rate_mbit
-        link = ""
         if self.netns_mode:
             ns = f"{self.prefix}-{index}"
             veth = f"{self.prefix}v{index}"
@@ -262,22 +261,20 @@ class SshLab:
             self.links.append(veth)
             link = self._plumb(ns, veth, delay, rate)
             sh("ip", "link", "set", veth, "master", self.bridge, "up")
-            address = f"{self.subnet}.{index + 1}"
+            address, port = f"{self.subnet}.{index + 1}", 22
             sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-            host = LabHost(name, index, address, 22, self.root / name, ns, host_env, self)
-        else:
-            if delay or rate:
-                raise QuorumError(
-                    "a lab link delay or rate limit needs network namespaces: run as root, "
-                    "or leave the delay and rate out"
-                )
-            host = LabHost(
-                name, index, "127.0.0.1", free_port(), self.root / name, None, host_env, self
+        elif delay or rate:
+            raise QuorumError(
+                "a lab link delay or rate limit needs network namespaces: run as root, "
+                "or leave the delay and rate out"
             )
-        host.sftp = sftp
-        host.link = link
+        else:
+            ns, link, address, port = None, "", "127.0.0.1", free_port()
+        host = LabHost(
+            name, index, address, port, self.root / name, ns, host_env, self, sftp=sftp, link=link
+        )
         self.hosts.append(host)
         host.start()
         if known:

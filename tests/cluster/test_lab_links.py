@@ -7,8 +7,8 @@ only makes round trips longer, never shorter than the link's delay.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -32,22 +32,21 @@ for _ in range(15):
         socket.create_connection((sys.argv[1], {CLOSED_PORT}), timeout=10).close()
     except ConnectionRefusedError:
         times.append(time.perf_counter() - started)
+if len(times) < 15:
+    sys.exit(f"port {CLOSED_PORT} of {{sys.argv[1]}} did not refuse every connect")
 print(statistics.median(times))
 """
 
 
-def tcp_rtt(address: str, count: int = 15) -> float:
-    """Median seconds of a TCP SYN answered by a RST (a closed port): one round trip, no
-    process on the host involved."""
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        try:
-            socket.create_connection((address, CLOSED_PORT), timeout=10).close()
-        except ConnectionRefusedError:
-            times.append(time.perf_counter() - started)
-    assert len(times) == count, f"port {CLOSED_PORT} of {address} did not refuse every connect"
-    return statistics.median(times)
+def tcp_rtt(address: str, source: LabHost | None = None) -> float:
+    """Median seconds of a TCP SYN answered by a RST (a closed port: no process on the host
+    involved), from this machine or from `source`'s namespace."""
+    cmd = [sys.executable, "-c", PING, address]
+    done = subprocess.run(
+        source.ns_cmd(*cmd) if source else cmd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout)
 
 
 def netns_only(lab: SshLab) -> None:
@@ -75,21 +74,10 @@ def test_lab_wide_delay_applies_to_every_link_unless_a_host_says_otherwise(
         assert "2ms" in far.link and local.link == ""
         assert tcp_rtt(far.address) >= 3.2e-3, far.link
         assert tcp_rtt(local.address) < 1e-3
-        between = host_rtt(local, far)
+        between = tcp_rtt(far.address, source=local)
         assert between >= 3.2e-3, f"{far.link}: host to host {between * 1e3:.2f} ms"
     finally:
         lab.close()
-
-
-def host_rtt(source: LabHost, target: LabHost) -> float:
-    """The median round trip from one host's namespace to another host."""
-    out = subprocess.run(
-        source.ns_cmd(sys.executable, "-c", PING, target.address),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(out.stdout)
 
 
 ECHO = """
@@ -156,3 +144,19 @@ async def test_worker_through_a_delayed_link(lab: SshLab, tiny_model: Path) -> N
     assert single.returncode == 0, single.stderr
     assert sharded.returncode == 0, sharded.stderr
     assert sharded.stdout == single.stdout and sharded.stdout.strip()
+
+
+def test_bench_lab_hosts_take_the_delay() -> None:
+    done = quorum(
+        "bench", "tunnel", "--lab", "1", "--delay-ms", "1", "--rounds", "1", "-n", "4",
+        "--skip-nagle", "--json", timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rtt = json.loads(done.stdout)["rtt_us"]
+    assert rtt["direct"] >= 1600 and rtt["openssh"] >= 1600, rtt
+
+
+def test_bench_refuses_to_shape_a_cluster_file(tmp_path: Path) -> None:
+    done = quorum("bench", "bringup", "--cluster", str(tmp_path / "c.toml"), "--delay-ms", "1")
+    assert done.returncode == 1
+    assert "--lab hosts only" in done.stderr and "Traceback" not in done.stderr
