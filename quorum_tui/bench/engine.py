@@ -1,12 +1,13 @@
 """`quorum bench engine`: Quorum's endpoint against llama-server started by hand, same split.
 
-Four local workers: two serve Quorum's deployment (gateway in front of llama-server, started
-by the deployment API as `quorum serve` starts it), two serve the same llama-server binary
+Four local workers: two serve `quorum serve` in a process of its own (the deployment API:
+gateway in front of llama-server at debug log level), two serve the same llama-server binary
 started directly with the equivalent flags (no gateway, llama.cpp's default log level). A
 third server holds the whole model in one process, for scale. All three stay up, and every
 measurement runs on each of them in turn, in rounds that rotate who goes first:
 
-- single-stream decode: tokens/s of one streamed completion, from the client's clock;
+- single-stream decode: tokens/s of one streamed completion, from the median time between
+  its tokens on the client's clock;
 - time to first token of a prompt of about 1,000 tokens (nothing cached);
 - aggregate tokens/s of 1, 2 and 4 clients at once (total tokens over the wall time).
 
@@ -19,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,12 +34,11 @@ from typing import Any
 import httpx
 
 from quorum_tui import paths
-from quorum_tui.deploy.deployment import Deployment, Prepared
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.llama_server import ServerOptions, server_argv
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import LayerPlan, even_counts
-from quorum_tui.engine.settings import EngineSettings, cores, shared_threads
+from quorum_tui.engine.settings import EngineSettings, cores
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.registry import REAL_DEMO_MODEL
 
@@ -52,9 +54,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("engine", help="Quorum's endpoint vs llama-server by hand, same split")
     p.add_argument("--model", help=f"default: {REAL_DEMO_MODEL}, else a synthetic q8_0 model")
     p.add_argument("--split", help="layers per stage, coordinator first (default: thirds)")
-    p.add_argument("-n", "--tokens", type=int, default=64, help="tokens per stream")
+    p.add_argument("-n", "--tokens", type=int, default=128, help="tokens per stream")
     p.add_argument("--prompt-tokens", type=int, default=1000, help="tokens of the long prompt")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="threads of each local worker (default 0: all cores, as the demo's workers)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_engine)
 
@@ -151,10 +159,36 @@ def hand_argv(model: Path, plan: LayerPlan, options: ServerOptions) -> list[str]
     return [*argv[:at], *argv[at + 2 :]]
 
 
-async def stream(
-    http: httpx.AsyncClient, url: str, prompt: str | list[int], tokens: int
-) -> tuple[int, float, float, float]:
-    """(tokens, seconds to the first, seconds from the first to the last, end) of one stream."""
+@dataclass
+class Timed:
+    """When one stream started and when each of its tokens arrived (the client's clock)."""
+
+    started: float
+    arrivals: list[float]
+
+    @property
+    def ttft_s(self) -> float:
+        return self.arrivals[0] - self.started
+
+    @property
+    def tokens_per_s(self) -> float:
+        """From the median time between tokens: a hiccup of the machine does not move it."""
+        gaps = [b - a for a, b in itertools.pairwise(self.arrivals)]
+        return 1.0 / statistics.median(gaps) if gaps else 0.0
+
+
+async def stream(http: httpx.AsyncClient, url: str, prompt: str | list[int], tokens: int) -> Timed:
+    """One timed stream; one that found its kept-alive connection closed before any answer
+    (llama-server sometimes closes one after a streamed reply) is sent again."""
+    try:
+        return await _stream(http, url, prompt, tokens)
+    except httpx.RemoteProtocolError as exc:
+        if "without sending a response" not in str(exc):
+            raise QuorumError(f"{url}: {exc}") from None
+        return await _stream(http, url, prompt, tokens)
+
+
+async def _stream(http: httpx.AsyncClient, url: str, prompt: str | list[int], tokens: int) -> Timed:
     body = {
         "prompt": prompt,
         "max_tokens": tokens,
@@ -163,42 +197,44 @@ async def stream(
         "ignore_eos": True,
         "cache_prompt": False,
     }
-    started = time.perf_counter()
-    first = last = 0.0
-    count = 0
-    async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            raise QuorumError(f"{url} answered {response.status_code}: {await response.aread()!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            text = json.loads(line[6:])["choices"][0].get("text")
-            if text:
-                last = time.perf_counter()
-                first = first or last
-                count += 1
-    if count < tokens:
-        raise QuorumError(f"{url} sent {count} of {tokens} tokens")
-    return count, first - started, last - first, last
+    timed = Timed(time.perf_counter(), [])
+    try:
+        async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                raise QuorumError(
+                    f"{url} answered {response.status_code}: {await response.aread()!r}"
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                if json.loads(line[6:])["choices"][0].get("text"):
+                    timed.arrivals.append(time.perf_counter())
+    except httpx.RemoteProtocolError:
+        raise
+    except httpx.HTTPError as exc:
+        raise QuorumError(f"{url}: {type(exc).__name__}: {exc}") from None
+    if len(timed.arrivals) < tokens:
+        raise QuorumError(f"{url} sent {len(timed.arrivals)} of {tokens} tokens")
+    return timed
 
 
 async def decode_tps(http: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> float:
-    count, _, spent, _ = await stream(http, url, prompt, tokens)
-    return (count - 1) / spent if spent > 0 else 0.0
+    return (await stream(http, url, prompt, tokens)).tokens_per_s
 
 
 async def ttft(http: httpx.AsyncClient, url: str, prompt: list[int]) -> float:
-    return (await stream(http, url, prompt, 2))[1]
+    return (await stream(http, url, prompt, 2)).ttft_s
 
 
 async def aggregate(http: httpx.AsyncClient, url: str, clients: int, tokens: int) -> float:
+    """Tokens of `clients` streams at once over the wall time from the first start."""
     started = time.perf_counter()
     runs = await asyncio.gather(
         *(stream(http, url, f"Client {i} tells a story about the {WORDS[i]}", tokens)
           for i in range(clients))
     )  # fmt: skip
-    end = max(run[3] for run in runs)
-    return sum(run[0] for run in runs) / (end - started)
+    end = max(run.arrivals[-1] for run in runs)
+    return sum(len(run.arrivals) for run in runs) / (end - started)
 
 
 async def long_prompt(http: httpx.AsyncClient, url: str, tokens: int) -> list[int]:
@@ -212,47 +248,50 @@ async def long_prompt(http: httpx.AsyncClient, url: str, tokens: int) -> list[in
     return ids[:tokens]
 
 
+@contextlib.contextmanager
+def quorum_serve(
+    path: Path, workers: list[str], counts: list[int], port: int, log: Path
+) -> Iterator[None]:
+    """`quorum serve` in a process of its own, exactly as a user runs it."""
+    argv = [sys.executable, "-m", "quorum_tui", "serve", str(path), "--port", str(port)]
+    argv += ["--split", ",".join(map(str, counts))]
+    for endpoint in workers:
+        argv += ["--worker", endpoint]
+    with by_hand(argv, log):
+        yield
+
+
 @contextlib.asynccontextmanager
 async def servers(
-    path: Path, info: ModelInfo, counts: list[int], log_dir: Path
+    path: Path, info: ModelInfo, counts: list[int], log_dir: Path, worker_threads: int
 ) -> AsyncIterator[tuple[list[Endpoint], int]]:
-    """Quorum's deployment, llama-server by hand and one process, all up at once."""
-    threads = shared_threads(2)
+    """Quorum's endpoint, llama-server by hand and one process, all up at once."""
     cluster = LocalCluster(log_dir)
-    await asyncio.to_thread(cluster.start, 4, threads)
+    await asyncio.to_thread(cluster.start, 4, worker_threads)
     ours, theirs = cluster.refs[:2], cluster.refs[2:]
     settings = EngineSettings()
+    threads = settings.coordinator_threads(local_workers=2)
+    options = ServerOptions(
+        port=free_port(), ctx=settings.ctx, slots=settings.slots, threads=threads, alias=path.name
+    )
+    hand_plan = LayerPlan.from_counts(info.n_layers, counts, theirs)
+    alone = ServerOptions(port=free_port(), ctx=settings.ctx, slots=settings.slots, threads=cores())
+    single = LayerPlan.from_counts(info.n_layers, [info.n_layers], [])
+    port = free_port()
     try:
-        async with Deployment(settings=settings) as deployment:
-            deployment.use_workers(ours, local=2)
-            plan = LayerPlan.from_counts(info.n_layers, counts, ours)
-            url = await deployment.start(Prepared(path, info, plan))
-            options = ServerOptions(
-                port=free_port(),
-                ctx=settings.ctx,
-                slots=settings.slots,
-                threads=deployment.threads,
-                alias=path.name,
-            )
-            hand_plan = LayerPlan.from_counts(info.n_layers, counts, theirs)
-            alone = ServerOptions(
-                port=free_port(), ctx=settings.ctx, slots=settings.slots, threads=cores()
-            )
-            single = LayerPlan.from_counts(info.n_layers, [info.n_layers], [])
-            with (
-                by_hand(hand_argv(path, hand_plan, options), log_dir / "by-hand.log"),
-                by_hand(hand_argv(path, single, alone), log_dir / "one-process.log"),
-            ):
-                hand = f"http://127.0.0.1:{options.port}"
-                one = f"http://127.0.0.1:{alone.port}"
-                await wait_healthy(hand)
-                await wait_healthy(one)
-                endpoints = [
-                    Endpoint("quorum", url),
-                    Endpoint("by_hand", hand),
-                    Endpoint("single", one),
-                ]
-                yield endpoints, deployment.threads
+        with (
+            quorum_serve(path, [w.endpoint for w in ours], counts, port, log_dir / "quorum.log"),
+            by_hand(hand_argv(path, hand_plan, options), log_dir / "by-hand.log"),
+            by_hand(hand_argv(path, single, alone), log_dir / "one-process.log"),
+        ):
+            endpoints = [
+                Endpoint("quorum", f"http://127.0.0.1:{port}"),
+                Endpoint("by_hand", f"http://127.0.0.1:{options.port}"),
+                Endpoint("single", f"http://127.0.0.1:{alone.port}"),
+            ]
+            for endpoint in endpoints:
+                await wait_healthy(endpoint.url)
+            yield endpoints, threads
     finally:
         await asyncio.to_thread(cluster.stop)
 
@@ -265,8 +304,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     prompt = "Once upon a time, in a quiet harbor town,"
     rounds: list[dict[str, Any]] = []
     async with (
-        servers(path, info, counts, log_dir) as (endpoints, threads),
-        httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as http,
+        servers(path, info, counts, log_dir, args.worker_threads) as (endpoints, threads),
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(600.0, connect=10.0),
+            limits=httpx.Limits(keepalive_expiry=1.0),
+        ) as http,
     ):
         long = await long_prompt(http, endpoints[0].url, args.prompt_tokens)
         for r in range(args.rounds):

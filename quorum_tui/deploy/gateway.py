@@ -15,11 +15,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import (
+    ClientError,
+    ClientResponse,
+    ClientSession,
+    ClientTimeout,
+    ServerDisconnectedError,
+    TCPConnector,
+    web,
+)
 
 from quorum_tui.errors import QuorumError
 
 PLAN_ROUTE = "/quorum/plan"
+UPSTREAM_KEEPALIVE = 2.0
+"""Seconds an idle connection to llama-server is kept: less than its own 5, after which it
+closes them, so a request never goes out on a connection the server is closing."""
 PUBLIC = frozenset({"/health"})
 HOP_BY_HOP = frozenset(
     {
@@ -67,7 +78,7 @@ class Gateway:
         app.router.add_get(PLAN_ROUTE, self._plan)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._session = ClientSession(
-            connector=TCPConnector(limit=0, force_close=False),
+            connector=TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )
@@ -126,9 +137,7 @@ class Gateway:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
-            reply = await session.request(
-                request.method, upstream + request.path_qs, headers=headers, data=body
-            )
+            reply = await _send(session, request.method, upstream + request.path_qs, headers, body)
         except ClientError as exc:
             return error_response(502, f"the coordinator did not answer: {exc}", "server_error")
         async with reply:
@@ -148,6 +157,17 @@ class Gateway:
             except ClientError as exc:
                 await _cut_short(request, response, reply, exc)
         return response
+
+
+async def _send(
+    session: ClientSession, method: str, url: str, headers: dict[str, str], body: bytes
+) -> ClientResponse:
+    """The request to llama-server; one that found its kept-alive connection closed before
+    any answer (the server never read it) goes again on a new connection."""
+    try:
+        return await session.request(method, url, headers=headers, data=body)
+    except ServerDisconnectedError:
+        return await session.request(method, url, headers=headers, data=body)
 
 
 async def _cut_short(

@@ -162,7 +162,10 @@ class CoordinatorProcess:
         headers = (
             {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
         )
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=2.0) as http:
+        limits = httpx.Limits(keepalive_expiry=2.0)  # llama-server closes idle ones after 5 s
+        async with httpx.AsyncClient(
+            base_url=self.url, headers=headers, timeout=2.0, limits=limits
+        ) as http:
             if not await self._wait_healthy(http, stall_check):
                 await self.proc.wait()
                 return
