@@ -61,7 +61,9 @@ class LayersPane(Vertical):
     ) -> None:
         """Redraw everything from the model, the plan, each stage's free memory, and realized;
         `advice` says whether the model needs sharding at all."""
-        self.query_one("#advice", Static).update(advice)
+        line = self.query_one("#advice", Static)
+        line.update(advice)
+        line.display = bool(advice)
         if info is not None:
             context = f"context {settings.ctx} x {settings.slots} slots"
             self.query_one("#model-line", Static).update(f"{model_label(info)}, {context}")

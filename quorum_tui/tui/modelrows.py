@@ -55,6 +55,7 @@ def preview_text(text: str, settings: EngineSettings, free: list[int | None]) ->
     if not known:
         verdict = "free memory unknown"
     elif free[0] is not None and need <= free[0]:
+        have = free[0]
         verdict = "[green]fits on this machine alone[/]: sharding is not needed for it"
     elif need <= have:
         verdict = "[green]fits the current cluster[/] (not this machine alone)"

@@ -22,39 +22,38 @@ async def _until(pilot: Pilot[None], predicate: Callable[[], bool], timeout: flo
 
 
 async def take(directory: Path, size: tuple[int, int] = (120, 40)) -> list[Path]:
-    """Start the demo, Apply, chat once, and save each screen as DIR/quorum-<screen>.svg."""
-    app = QuorumApp(Setup(model=DEMO_MODEL, demo_workers=2))
+    """Start the demo (it applies its plan and opens on the Chat), ask it a question, and save
+    each screen as DIR/quorum-<screen>.svg."""
+    app = QuorumApp(Setup(model=DEMO_MODEL, demo_workers=2, temperature=0.0))
     saved: list[Path] = []
 
     def save(name: str) -> None:
         saved.append(Path(app.save_screenshot(f"quorum-{name}.svg", str(directory))))
 
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.plan is not None and len(app.worker_refs) == 2)
-        await _until(pilot, lambda: all(h.state == "ok" for h in app.hosts[1:]))
-        await pilot.pause(4.5)
-        save("cluster")
-        await pilot.press("2", "right", "a")
         await _until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
-        await pilot.press("]")
         await pilot.pause(0.5)
-        save("layers")
-        await pilot.press("4")
-        await pilot.pause(0.3)
-        for key in "Tell me a story":
-            await pilot.press(key if key != " " else "space")
+        for key in "What is the capital of France?":
+            await pilot.press({" ": "space", "?": "question_mark"}.get(key, key))
         await pilot.press("enter")
         await _until(
             pilot, lambda: re.search(r"Model · [\d.]+ tokens/s", _chat_meta(app)) is not None
         )
         await pilot.pause(0.5)
         save("chat")
+        await pilot.press("f2")
+        await pilot.press("]")
+        await pilot.pause(0.5)
+        save("layers")
+        await pilot.press("f1")
+        await pilot.pause(4.5)
+        save("cluster")
         await pilot.press("f3")
         await pilot.pause(0.3)
         app.query_one("ModelsPane").set_spec(DEMO_MODEL)  # type: ignore[attr-defined]
-        await pilot.press("ctrl+o")
         app.preview_model(DEMO_MODEL)
-        await pilot.pause(1.0)
+        await _until(pilot, lambda: "fits" in str(app.query_one("#preview-text").render()))
+        await pilot.pause(0.3)
         save("models")
         await pilot.press("?")
         await pilot.pause(0.3)
