@@ -36,6 +36,7 @@ async def served(
     slots: int = 4,
     counts: Sequence[int] | None = None,
     api_key: str | None = None,
+    failover: bool = True,
 ) -> AsyncIterator[Served]:
     """The model served through a deployment: split `counts`, or evenly over the workers."""
     info = inspect_model(model)
@@ -45,7 +46,7 @@ async def served(
         else LayerPlan.even(info.n_layers, list(workers))
     )
     settings = EngineSettings(ctx=ctx, slots=slots, threads=1)
-    deployment = Deployment(settings=settings, access=Access(api_key=api_key))
+    deployment = Deployment(settings=settings, access=Access(api_key=api_key), failover=failover)
     try:
         base = await asyncio.wait_for(deployment.start(Prepared(model, info, plan)), 120)
         yield Served(f"{base}/v1", plan, deployment)

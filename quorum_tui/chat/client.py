@@ -93,6 +93,8 @@ class ReplyStream:
         self.text = ""
         self.finish_reason: str | None = None
         self.finished = False
+        self.failovers: list[dict[str, Any]] = []
+        """Coordinator restarts the reply lived through (Quorum's endpoint says)."""
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._events()
@@ -139,6 +141,7 @@ class ReplyStream:
             ) from exc
         if "error" in chunk:
             raise ChatError(f"the model server failed mid-reply: {_error_text(chunk)}")
+        self.failovers = (chunk.get("quorum") or {}).get("failovers") or self.failovers
         choices = chunk.get("choices") or [{}]
         choice = choices[0]
         if choice.get("finish_reason"):
@@ -232,6 +235,22 @@ class ChatClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def served_by(plan: str | None, failovers: list[dict[str, Any]]) -> str | None:
+    """The plan that served a reply, and every failover it lived through."""
+    if not failovers:
+        return plan
+    steps = [str(failovers[0].get("plan_before") or plan or "?")]
+    notes = []
+    for f in failovers:
+        steps.append(str(f.get("plan_after") or "?"))
+        at = str(f.get("at", "")).rpartition("T")[2]
+        notes.append(
+            f"failed over at {at} after {f.get('after_tokens', 0)} tokens ({f.get('reason', '')}"
+            f"; {f.get('resumed', '')})"
+        )
+    return " → ".join(steps) + " · " + " · ".join(notes)
 
 
 def plan_line(stages: list[Any], output_stage: Any) -> str:

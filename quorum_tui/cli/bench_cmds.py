@@ -6,7 +6,16 @@ import argparse
 import importlib
 from typing import Any
 
-BENCHES: tuple[str, ...] = ("engine", "plan", "download", "tunnel", "bringup", "tui")
+BENCHES: tuple[str, ...] = (
+    "engine",
+    "spec",
+    "failover",
+    "plan",
+    "download",
+    "tunnel",
+    "bringup",
+    "tui",
+)
 """Modules under quorum_tui.bench, each with `register(bench_subparsers)`."""
 
 

@@ -10,11 +10,19 @@ from typing import TextIO
 from quorum_tui.cli.cluster_cmds import EventPrinter, ask_host_key
 from quorum_tui.cluster.bringup import BringUpOptions
 from quorum_tui.cluster.events import HostEvent
-from quorum_tui.deploy.deployment import Target
-from quorum_tui.deploy.events import DeployEvent, Planned, WorkersReady
+from quorum_tui.deploy.deployment import REJOIN_AFTER, Target
+from quorum_tui.deploy.events import (
+    DeployEvent,
+    FailedOver,
+    FailingOver,
+    Planned,
+    WorkerBack,
+    WorkersReady,
+)
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.plan import WorkerRef, parse_split
 from quorum_tui.engine.settings import DEFAULT_CTX, DEFAULT_SLOTS, EngineSettings
+from quorum_tui.engine.speculation import MODES as SPEC_MODES
 from quorum_tui.engine.supervisor import Loaded, Loading
 from quorum_tui.models.download import Progress
 from quorum_tui.models.progress import ProgressLine
@@ -45,6 +53,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep quantized weights as RPC workers hold them (bit-exact with sharded runs)",
     )
+    p.add_argument(
+        "--spec",
+        choices=SPEC_MODES,
+        default="off",
+        help="speculative decoding: ngram (no second model) or draft (with --draft)",
+    )
+    p.add_argument(
+        "--draft", metavar="MODEL", help="a small draft model of the same vocabulary (--spec draft)"
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +74,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_engine_args(p)
 
 
+def add_failover_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-failover",
+        action="store_true",
+        help="when a worker dies, stop (naming it) instead of re-planning on the survivors",
+    )
+    p.add_argument(
+        "--rejoin-after",
+        type=float,
+        default=REJOIN_AFTER,
+        metavar="S",
+        help=f"use a worker that came back after S quiet seconds (default {REJOIN_AFTER:g})",
+    )
+
+
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", type=Path, metavar="FILE", help="bring up these hosts' workers")
     p.add_argument("--accept-new-host-keys", action="store_true")
@@ -64,7 +96,12 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
     return EngineSettings(
-        ctx=args.ctx, slots=args.slots, threads=args.threads, repack=not args.no_repack
+        ctx=args.ctx,
+        slots=args.slots,
+        threads=args.threads,
+        repack=not args.no_repack,
+        spec="draft" if args.draft and args.spec == "off" else args.spec,
+        draft=args.draft,
     )
 
 
@@ -110,4 +147,14 @@ class DeployPrinter:
         elif isinstance(event, Loaded) and self.loading:
             print(f"loaded in {event.load_s:.2f}s; llama.cpp realized the plan exactly",
                   file=self.out)  # fmt: skip
+        elif isinstance(event, FailingOver):
+            print(f"failing over: {event.reason}", file=self.out)
+        elif isinstance(event, FailedOver):
+            print(
+                f"failed over in {event.seconds:.1f}s: {event.before.summary()} -> "
+                f"{event.plan.summary()}",
+                file=self.out,
+            )
+        elif isinstance(event, WorkerBack):
+            print(f"worker {event.worker.name} ({event.worker.endpoint}) is back", file=self.out)
         self.out.flush()

@@ -14,6 +14,7 @@ from typing import Any
 from quorum_tui.cli.deploy_args import (
     DeployPrinter,
     add_cluster_args,
+    add_failover_args,
     add_model_args,
     plan_request,
     settings_from_args,
@@ -65,12 +66,14 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
+    add_failover_args(p)
     add_cluster_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("run", help="generate from a prompt through the workers")
     add_model_args(p)
     add_generation_args(p)
+    add_failover_args(p)
     add_cluster_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -176,6 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 async def _plan(args: argparse.Namespace) -> int:
     from quorum_tui.engine.llama_server import ServerOptions, server_argv
     from quorum_tui.engine.memory import stage_memory
+    from quorum_tui.engine.speculation import Speculation
 
     settings = settings_from_args(args)
     printer = DeployPrinter()
@@ -191,12 +195,18 @@ async def _plan(args: argparse.Namespace) -> int:
     ]
     if refuse:
         raise QuorumError("; ".join(refuse))
-    memory = stage_memory(info, plan, settings.ctx, settings.slots)
+    memory = stage_memory(info, plan, settings.ctx, settings.slots, prepared.draft)
     free: list[int | None] = [_local_free(), *(r.free if r.ok else None for r in results)]
     counts = [len(r.devices) if r.ok else 1 for r in results] or None
     params = plan.to_llama_params(counts)
-    options = ServerOptions(ctx=settings.ctx, slots=settings.slots, threads=threads,
-                            repack=settings.repack)  # fmt: skip
+    draft = Path(prepared.draft.path) if prepared.draft else None
+    options = ServerOptions(
+        ctx=settings.ctx,
+        slots=settings.slots,
+        threads=threads,
+        repack=settings.repack,
+        speculation=Speculation(settings.spec, draft),
+    )
     argv = server_argv(prepared.path, plan, options, counts)
     rows: list[dict[str, Any]] = []
     for index, (stage, mem, avail) in enumerate(zip(plan.stages, memory, free, strict=True)):
@@ -222,6 +232,8 @@ async def _plan(args: argparse.Namespace) -> int:
             "stages": rows,
             "llama": asdict(params),
             "llama_server": argv[1:],
+            "speculation": settings.spec,
+            "draft": prepared.draft.to_json() if prepared.draft else None,
         }
         if prepared.explanation is not None:
             body["planner"] = prepared.explanation.to_json()
@@ -242,6 +254,10 @@ async def _plan(args: argparse.Namespace) -> int:
     split = ", ".join(f"{x:g}" for x in params.tensor_split)
     print(f"llama.cpp: n_gpu_layers={params.n_gpu_layers} tensor_split=[{split}] split_mode=layer")
     print(f"device order: {', '.join(params.devices) or '(none)'}")
+    if prepared.draft is not None:
+        print(f"draft: {Path(prepared.draft.path).name} on the coordinator (in its memory above)")
+    if prepared.explanation is None and plan.workers:
+        print("speculation outlook: --auto measures whether round trips or compute bound a token")
     print("llama-server " + " ".join(shlex.quote(a) for a in argv[1:]))
     return 0
 
@@ -261,7 +277,14 @@ async def _run(args: argparse.Namespace) -> int:
 
     request = CompletionRequest(args.prompt, args.n_predict, args.temp, args.seed)
     settings = settings_from_args(args)
-    async with Deployment(target_from_args(args), settings, on_event=DeployPrinter()) as deployment:
+    deployment = Deployment(
+        target_from_args(args),
+        settings,
+        on_event=DeployPrinter(),
+        failover=not args.no_failover,
+        rejoin_after=args.rejoin_after,
+    )
+    async with deployment:
         prepared = await deployment.prepare(args.model, plan_request(args))
         await deployment.start(prepared)
         result = await deployment.run(request, sys.stdout)
@@ -278,6 +301,12 @@ async def _run(args: argparse.Namespace) -> int:
     if prepared.explanation is not None:
         print(f"planner predicted {prepared.explanation.predicted_tps:.1f} tokens/s",
               file=sys.stderr)  # fmt: skip
+    for failover in done.failovers:
+        print(
+            f"failed over at {failover['at']} after {failover['after_tokens']} tokens "
+            f"({failover['resumed']}): {failover['plan_before']} -> {failover['plan_after']}",
+            file=sys.stderr,
+        )
     if args.report:
         args.report.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return 0
@@ -290,8 +319,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     access = Access(args.host, args.port, args.api_key)
-    printer = DeployPrinter(loading=True)
-    async with Deployment(target_from_args(args), settings, access, printer) as deployment:
+    deployment = Deployment(
+        target_from_args(args),
+        settings,
+        access,
+        DeployPrinter(loading=True),
+        failover=not args.no_failover,
+        rejoin_after=args.rejoin_after,
+    )
+    async with deployment:
         prepared = await deployment.prepare(args.model, plan_request(args))
         url = await deployment.start(prepared)
         print(f"serving OpenAI-compatible API at {url}/v1", flush=True)

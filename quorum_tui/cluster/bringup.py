@@ -462,17 +462,32 @@ async def supervise(
                 reason = "the worker process is gone; restarting it"
         except HostFailure as exc:
             reason = f"{exc.reason}; reconnecting"
-        local_port = r.tunnel.local_port if r.tunnel else 0
-        if r.tunnel is not None:
-            await r.tunnel.aclose()
-        await r.session.close()
-        pipeline = _Pipeline(cluster.inventory, r.host, options, local_port)
-        pipeline.emit("worker-down", reason)
-        cluster.results[index] = await pipeline.run("up", prompt)
+        await bring_back(cluster, index, options, reason, prompt)
 
     while True:
         await asyncio.sleep(interval)
         await asyncio.gather(*(look_after(i) for i in range(len(cluster.results))))
+
+
+async def bring_back(
+    cluster: Cluster,
+    index: int,
+    options: BringUpOptions,
+    reason: str,
+    prompt: HostKeyPrompt | None = None,
+) -> HostResult:
+    """Bring host `index` of `cluster` up again (a new connection, its worker restarted when
+    gone), keeping its tunnel's local port, so the workers' endpoints stay the same."""
+    r = cluster.results[index]
+    local_port = r.tunnel.local_port if r.tunnel else 0
+    if r.tunnel is not None:
+        await r.tunnel.aclose()
+    if r.session is not None:
+        await r.session.close()
+    pipeline = _Pipeline(cluster.inventory, r.host, options, local_port)
+    pipeline.emit("worker-down", reason)
+    cluster.results[index] = await pipeline.run("up", prompt or _prompt(options))
+    return cluster.results[index]
 
 
 async def check(

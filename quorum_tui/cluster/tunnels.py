@@ -79,12 +79,19 @@ async def open_tunnel(
     return Tunnel(session.host.name, listener.get_port(), remote_port, "asyncssh", listener)
 
 
+ALIVE_INTERVAL = 5
+"""Seconds between the OpenSSH tunnel's keepalives (three missed ones end it)."""
+
+
 def openssh_command(
     inv: Inventory, session: HostSession, local_port: int, remote_host: str, remote_port: int
 ) -> list[str]:
     host = session.host
     cmd = ["ssh", "-tt", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
-    cmd += ["-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=15"]
+    cmd += ["-o", "StrictHostKeyChecking=yes"]
+    # A host cut off the network ends the tunnel within about 15 s, so its port then refuses
+    # connections and the coordinator's watchdog can name it.
+    cmd += ["-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", "ServerAliveCountMax=3"]
     known = [f for f in known_hosts_files(inv, host) if os.path.isfile(f)]
     if known:
         cmd += ["-o", "UserKnownHostsFile=" + " ".join(known)]

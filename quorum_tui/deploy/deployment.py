@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from quorum_tui import paths
 from quorum_tui.cluster.bringup import BringUpOptions, Cluster, bring_up
@@ -23,12 +26,16 @@ from quorum_tui.cluster.inventory import load_inventory, resolve_path
 from quorum_tui.deploy.events import (
     DeployEvent,
     EventSink,
+    FailedOver,
+    FailingOver,
     ModelReady,
     Planned,
     Serving,
     Stopped,
+    WorkerBack,
     WorkersReady,
 )
+from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.gateway import Gateway
 from quorum_tui.deploy.plans import PlanRequest, make_plan
 from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
@@ -38,10 +45,15 @@ from quorum_tui.engine.llama_server import ServerOptions
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import Explanation
+from quorum_tui.engine.probe import probe_all
 from quorum_tui.engine.settings import EngineSettings
+from quorum_tui.engine.speculation import Speculation, check_draft
 from quorum_tui.engine.supervisor import CoordinatorProcess, Loaded, Ready, preflight
 from quorum_tui.errors import QuorumError
 
+REJOIN_AFTER = 30.0
+"""Seconds a worker lost to a failover must answer again before it is used again."""
+REJOIN_POLL = 2.0
 REASON_WAIT = 20.0
 """Seconds a broken generation waits for the coordinator's exit, to say which worker died."""
 
@@ -75,6 +87,8 @@ class Prepared:
     info: ModelInfo
     plan: LayerPlan
     explanation: Explanation | None = None
+    draft: ModelInfo | None = None
+    """The draft model of draft speculation, checked against the target's vocabulary."""
 
 
 @dataclass
@@ -118,10 +132,16 @@ class RunResult:
             "ttft_s": self.done.ttft_s,
             "load_s": self.load_s,
             "stop_type": self.done.stop_type,
+            "failovers": list(self.done.failovers),
         }
         if self.explanation is not None:
             report["planner"] = self.explanation.to_json()
         return report
+
+
+def local_free() -> int:
+    """This machine's available memory: the coordinator's room."""
+    return int(psutil.virtual_memory().available)
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -139,6 +159,7 @@ def plan_body(model: Path, plan: LayerPlan, realized: Sequence[int], load_s: flo
     names = [s.name for s in plan.stages]
     return {
         "model": str(model),
+        "summary": plan.summary(),
         "stages": [
             {
                 "name": s.name,
@@ -158,7 +179,7 @@ def plan_body(model: Path, plan: LayerPlan, realized: Sequence[int], load_s: flo
 @dataclass
 class _Running:
     process: CoordinatorProcess
-    plan: LayerPlan
+    prepared: Prepared
     realized: tuple[int, ...] = ()
     load_s: float = 0.0
     follower: asyncio.Task[str | None] | None = None
@@ -178,8 +199,15 @@ class Deployment:
         settings: EngineSettings | None = None,
         access: Access | None = None,
         on_event: EventSink | None = None,
+        failover: bool = True,
+        rejoin_after: float | None = REJOIN_AFTER,
     ) -> None:
         self.target = target or Target()
+        self.failover = failover
+        """Whether a worker's death re-plans on the survivors and resumes the replies."""
+        self.rejoin_after = rejoin_after
+        """Seconds a dead worker must answer again before the home plan is restored by
+        itself (None: only when `rejoin` is called)."""
         self.settings = settings or EngineSettings()
         self.access = access or Access()
         self.on_event = on_event
@@ -191,6 +219,13 @@ class Deployment:
         self._running: _Running | None = None
         self.last_stop: str | None = None
         """Why the last coordinator stopped (None: it was asked to, or none has run)."""
+        self.home: Prepared | None = None
+        """The plan served before failovers, restored when the dead workers are back."""
+        self.away: list[WorkerRef] = []
+        """Workers lost to failovers, not yet back in the plan."""
+        self._recovery: asyncio.Task[bool] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._switching = False
 
     def emit(self, event: DeployEvent) -> None:
         if self.on_event is not None:
@@ -255,37 +290,53 @@ class Deployment:
         """Workers up, model resolved, plan made: everything but starting the coordinator."""
         await self.connect_workers()
         path, info = await self.resolve(spec)
-        plan, explanation = await self.plan(info, request or PlanRequest())
-        return Prepared(path, info, plan, explanation)
+        draft = await self.resolve_draft(info)
+        plan, explanation = await self.plan(info, request or PlanRequest(), draft)
+        return Prepared(path, info, plan, explanation, draft)
+
+    async def resolve_draft(self, target: ModelInfo) -> ModelInfo | None:
+        """The settings' draft model, resolved and checked against `target` (None: no draft)."""
+        if self.settings.spec != "draft" or not self.settings.draft:
+            return None
+        from quorum_tui.models.resolve import resolve_model
+
+        path = await asyncio.to_thread(resolve_model, self.settings.draft)
+        draft = await asyncio.to_thread(inspect_model, path)
+        check_draft(target, draft)
+        return draft
 
     async def plan(
-        self, info: ModelInfo, request: PlanRequest
+        self, info: ModelInfo, request: PlanRequest, draft: ModelInfo | None = None
     ) -> tuple[LayerPlan, Explanation | None]:
         """The plan `request` asks for over the current workers (the planner measures them
         with the threads the coordinator will use)."""
         plan, explanation = await make_plan(
-            info, self.workers, request, self.settings, self.threads
+            info, self.workers, request, self.settings, self.threads, draft
         )
         self.emit(Planned(plan, explanation))
         return plan, explanation
 
     # ----- the coordinator
 
-    async def start(self, prepared: Prepared) -> str:
+    async def start(self, prepared: Prepared, recovering: bool = False) -> str:
         """Load `prepared` in a new coordinator (stopping the old one) and serve it.
 
         Returns Quorum's endpoint; raises QuorumError with the reason when the coordinator
         does not come up (a worker that fails its check, a plan llama.cpp did not realize).
+        While `recovering`, replies interrupted by the old one wait for this one.
         """
         await self.stop_coordinator()
         self.last_stop = None
         gateway = await self._gateway()
-        gateway.pause("the coordinator is loading the model")
+        gateway.pause("the coordinator is loading the model", recovering=recovering)
         try:
+            draft = prepared.draft if self.settings.spec == "draft" else None
+            draft = draft or await self.resolve_draft(prepared.info)
             results = await preflight(prepared.plan.workers)
         except QuorumError as exc:
             gateway.pause(str(exc))
             raise
+        speculation = Speculation(self.settings.spec, Path(draft.path) if draft else None)
         options = ServerOptions(
             port=free_port(),
             ctx=self.settings.ctx,
@@ -294,11 +345,12 @@ class Deployment:
             alias=prepared.path.name,
             api_key=self.access.api_key,
             repack=self.settings.repack,
+            speculation=speculation,
         )
         process = CoordinatorProcess(
             prepared.path, prepared.plan, options, [len(r.devices) for r in results] or None
         )
-        running = _Running(process, prepared.plan)
+        running = _Running(process, prepared)
         self._running = running
         await process.start()
         events = process.events()
@@ -320,9 +372,8 @@ class Deployment:
                 self._running = None
             await process.stop()
             raise
-        gateway.serve(
-            process.url, plan_body(prepared.path, prepared.plan, running.realized, running.load_s)
-        )
+        body = plan_body(prepared.path, prepared.plan, running.realized, running.load_s)
+        gateway.serve(process.url, {**body, "away": [w.name for w in self.away]})
         running.follower = asyncio.create_task(self._follow(running, events))
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized))
         return gateway.url
@@ -330,28 +381,120 @@ class Deployment:
     async def _gateway(self) -> Gateway:
         if self.gateway is None:
             gateway = Gateway(self.access.host, self.access.port, self.access.api_key)
+            gateway.on_broken = self._on_broken
             await gateway.start()
             self.gateway = gateway
         return self.gateway
+
+    async def _on_broken(self, url: str) -> bool:
+        """A reply from `url` broke off: wait for that coordinator's end to be known, then
+        whether another one is coming."""
+        running = self._running
+        if running is not None and running.process.url == url and running.follower is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running.follower), REASON_WAIT)
+        gateway = self.gateway
+        return gateway is not None and (gateway.recovering or gateway.upstream not in (None, url))
 
     async def _follow(self, running: _Running, events: AsyncIterator[Any]) -> str | None:
         async for event in events:
             self.emit(event)
         reason = None if running.stopping else await running.process.failure_reason()
         self.last_stop = reason
-        if self.gateway is not None and self._running is running:
-            self.gateway.pause(reason or "the coordinator was stopped")
         if self._running is running:
             self._running = None
-        self.emit(Stopped(running.plan, reason))
+        gateway = self.gateway
+        if self._switching or gateway is None:
+            return reason
+        dead = running.process.dead
+        if reason and self.failover and dead:
+            gateway.failure = reason
+            gateway.pause(reason, recovering=True)
+            self.emit(FailingOver(running.prepared.plan, tuple(dead), reason, time.time()))
+            self._recovery = asyncio.create_task(self._fail_over(running, reason))
+            return reason
+        gateway.pause(reason or "the coordinator was stopped")
+        self.emit(Stopped(running.prepared.plan, reason))
         return reason
 
+    async def _fail_over(self, running: _Running, reason: str) -> bool:
+        """Re-plan on the survivors and serve again; the interrupted replies resume."""
+        started = time.monotonic()
+        prepared, plan = running.prepared, running.prepared.plan
+        dead = list(running.process.dead)
+        try:
+            survivors = [w for w in plan.workers if w not in dead]
+            results = await probe_all([w.endpoint for w in survivors], timeout=2.0)
+            dead += [w for w, r in zip(survivors, results, strict=True) if not r.ok]
+            alive = [(w, r) for w, r in zip(survivors, results, strict=True) if r.ok]
+            free = [local_free(), *(r.free for _, r in alive)]
+            new = survivor_plan(prepared.info, plan, dead, free, self.settings, prepared.draft)
+            self.home = self.home or prepared
+            self.away += [w for w in dead if w not in self.away]
+            await self.start(replace(prepared, plan=new), recovering=True)
+        except QuorumError as exc:
+            why = f"{reason}; no failover: {exc}"
+            self.last_stop = why
+            if self.gateway is not None:
+                self.gateway.pause(why)
+            self.emit(Stopped(plan, why))
+            return False
+        self.emit(FailedOver(plan, new, tuple(dead), time.monotonic() - started))
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_away())
+        return True
+
+    async def _watch_away(self) -> None:
+        """Probe the workers lost to failovers; once all answer for `rejoin_after` seconds
+        and no reply is in flight, restore the home plan."""
+        back: dict[str, float] = {}
+        told: set[str] = set()
+        while self.away:
+            await asyncio.sleep(REJOIN_POLL)
+            away = list(self.away)
+            results = await probe_all([w.endpoint for w in away], timeout=1.0)
+            now = time.monotonic()
+            for worker, result in zip(away, results, strict=True):
+                if not result.ok:
+                    back.pop(worker.endpoint, None)
+                    told.discard(worker.endpoint)
+                    continue
+                since = back.setdefault(worker.endpoint, now)
+                quiet = self.rejoin_after if self.rejoin_after is not None else 0.0
+                if now - since >= quiet and worker.endpoint not in told:
+                    told.add(worker.endpoint)
+                    self.emit(WorkerBack(worker, now - since))
+            if self.rejoin_after is None or len(told) < len(away):
+                continue
+            if self.gateway is not None and self.gateway.in_flight == 0 and self.serving:
+                with contextlib.suppress(QuorumError):
+                    await self.rejoin()
+
+    async def rejoin(self) -> None:
+        """Serve the home plan again, with the workers that failovers had left out."""
+        home = self.home
+        if home is None:
+            return
+        self.home, self.away = None, []
+        self._switching = True
+        try:
+            await self.start(home, recovering=True)
+        finally:
+            self._switching = False
+
     async def wait(self) -> str | None:
-        """Until the coordinator exits: its failure reason, or None when it was stopped."""
-        running = self._running
-        if running is None or running.follower is None:
+        """Until the deployment stops serving for good: the reason, or None when it was
+        stopped. A failover that serves again is not an end."""
+        while True:
+            running = self._running
+            if running is not None and running.follower is not None:
+                await asyncio.shield(running.follower)
+                continue
+            recovery = self._recovery
+            if recovery is not None and not recovery.done():
+                await asyncio.shield(recovery)
+                continue
             return self.last_stop
-        return await asyncio.shield(running.follower)
 
     async def stop_coordinator(self) -> None:
         running = self._running
@@ -372,7 +515,8 @@ class Deployment:
 
     @property
     def serving(self) -> bool:
-        return self._running is not None and self._running.follower is not None
+        running = self._running
+        return running is not None and running.follower is not None and not self._switching
 
     async def generate(self, request: CompletionRequest) -> AsyncIterator[Piece | Completed]:
         """Stream a completion through Quorum's endpoint; a broken stream becomes the
@@ -406,10 +550,16 @@ class Deployment:
             else:
                 done = item
         assert done is not None
-        return RunResult(running.plan, running.realized, running.load_s, done)
+        now = self._running or running
+        return RunResult(now.prepared.plan, now.realized, now.load_s, done)
 
     async def close(self) -> None:
         """Stop the coordinator and the gateway; stop local workers, close SSH tunnels."""
+        for task in (self._watch, self._recovery):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.stop_coordinator()
         if self.gateway is not None:
             await self.gateway.close()

@@ -53,8 +53,36 @@ class Stopped:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class FailingOver:
+    """The coordinator died with `dead` workers; replies in flight wait for a new one."""
+
+    plan: LayerPlan
+    dead: tuple[WorkerRef, ...]
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class FailedOver:
+    """`plan` serves in place of `before` (`seconds` after the death); replies resumed."""
+
+    before: LayerPlan
+    plan: LayerPlan
+    dead: tuple[WorkerRef, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerBack:
+    """A worker that died answers again (for `quiet_s` seconds); `rejoin` brings it back."""
+
+    worker: WorkerRef
+    quiet_s: float
+
+
 DeployEvent = (
     HostEvent | Progress | WorkersReady | ModelReady | Planned | Loading | Loaded | Ready | Serving
-    | Stopped
+    | Stopped | FailingOver | FailedOver | WorkerBack
 )  # fmt: skip
 EventSink = Callable[[DeployEvent], None]

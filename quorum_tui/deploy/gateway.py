@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,9 +26,12 @@ from aiohttp import (
     web,
 )
 
+from quorum_tui.deploy.resume import ROUTES, Diverged, Failover, Generation, events
 from quorum_tui.errors import QuorumError
 
 PLAN_ROUTE = "/quorum/plan"
+FAILOVER_WAIT = 300.0
+"""Seconds an interrupted reply waits for the next coordinator (a model's reload included)."""
 UPSTREAM_KEEPALIVE = 2.0
 """Seconds an idle connection to llama-server is kept: less than its own 5, after which it
 closes them, so a request never goes out on a connection the server is closing."""
@@ -58,6 +62,15 @@ class Gateway:
         self.upstream: str | None = None
         self.plan: dict[str, Any] | None = None
         self.unavailable = "the coordinator is starting"
+        self.recovering = False
+        """A failover is under way: interrupted replies wait for the next coordinator."""
+        self.on_broken: Callable[[str], Awaitable[bool]] | None = None
+        """Asked when a reply from `upstream` broke off: whether a failover will follow."""
+        self.failure = ""
+        """Why the last coordinator died, for the replies it interrupted."""
+        self.in_flight = 0
+        self.failover_wait = FAILOVER_WAIT
+        self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -67,11 +80,36 @@ class Gateway:
 
     def serve(self, upstream: str, plan: dict[str, Any]) -> None:
         """Send requests to `upstream` from now on; `plan` is what /quorum/plan returns."""
-        self.upstream, self.plan = upstream, plan
+        self.upstream, self.plan, self.recovering = upstream, plan, False
+        self._signal()
 
-    def pause(self, reason: str) -> None:
-        """Answer 503 with `reason` until `serve` is called again."""
+    def pause(self, reason: str, recovering: bool = False) -> None:
+        """Answer 503 with `reason` until `serve` is called again; while `recovering`,
+        interrupted replies wait for the next coordinator instead of ending."""
         self.upstream, self.plan, self.unavailable = None, None, reason
+        self.recovering = recovering
+        self._signal()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def next_upstream(self, old: str | None) -> str | None:
+        """The coordinator that replaces `old`, or None when none will (the reason is in
+        `unavailable`)."""
+        deadline = asyncio.get_running_loop().time() + self.failover_wait
+        while self.upstream is None or self.upstream == old:
+            if self.upstream is None and not self.recovering:
+                return None
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                self.unavailable = (
+                    f"no coordinator came back within {self.failover_wait:g} s ({self.unavailable})"
+                )
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return self.upstream
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 << 20)
@@ -136,6 +174,14 @@ class Gateway:
             return error_response(503, self.unavailable, "unavailable_error")
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        kind = ROUTES.get(request.path) if request.method == "POST" else None
+        generation = Generation.parse(kind, body) if kind else None
+        if generation is not None:
+            self.in_flight += 1
+            try:
+                return await self._generate(request, headers, generation, upstream, session)
+            finally:
+                self.in_flight -= 1
         try:
             reply = await _send(session, request.method, upstream + request.path_qs, headers, body)
         except ClientError as exc:
@@ -155,8 +201,84 @@ class Gateway:
             except ConnectionResetError:
                 pass  # the client left; closing the reply makes llama-server free the slot
             except ClientError as exc:
-                await _cut_short(request, response, reply, exc)
+                await _cut_short(request, response, str(exc) or type(exc).__name__)
         return response
+
+    async def _generate(
+        self,
+        request: web.Request,
+        headers: dict[str, str],
+        generation: Generation,
+        upstream: str,
+        session: ClientSession,
+    ) -> web.StreamResponse:
+        """A generation, carried to the next coordinator when the one serving it dies."""
+        response: web.StreamResponse | None = None
+        body = json.dumps(generation.body).encode()
+        url: str | None = upstream
+        while url is not None:
+            try:
+                reply = await _send(session, "POST", url + request.path_qs, headers, body)
+                async with reply:
+                    streamed = reply.headers.get("Content-Type", "").startswith("text/event-stream")
+                    if reply.status != 200 or not streamed:
+                        data = await reply.read()
+                        if reply.status == 200:
+                            data = generation.whole(data)
+                        return _whole_response(reply, data)
+                    if response is None:
+                        response = _stream_response(reply)
+                        await response.prepare(request)
+                    async for event in events(reply.content.iter_any()):
+                        out = generation.forward(event)
+                        if out is not None:
+                            await response.write(out)
+                        if generation.done:
+                            await response.write_eof()
+                            return response
+            except ConnectionResetError:
+                return response or web.Response(status=499)
+            except Diverged:
+                generation.mode = "diverged"
+            except ClientError:
+                pass
+            if generation.mode != "diverged":
+                url = await self._after_break(url, generation)
+            body = json.dumps(generation.resubmission()).encode() if url else body
+        if response is None:
+            return error_response(503, self.unavailable, "unavailable_error")
+        await _cut_short(request, response, self.unavailable)
+        return response
+
+    async def _after_break(self, url: str, generation: Generation) -> str | None:
+        """Wait for the coordinator that replaces the one at `url` (None: there is none)."""
+        at, before = time.time(), str((self.plan or {}).get("summary", ""))
+        recovering = self.on_broken is not None and await self.on_broken(url)
+        failover = Failover(at, 0, self.failure or self.unavailable, before)
+        generation.interrupted(failover)
+        if not recovering:
+            return None
+        new = await self.next_upstream(url)
+        failover.reason = self.unavailable if new is None else failover.reason
+        failover.plan_after = str((self.plan or {}).get("summary", ""))
+        return new
+
+
+def _stream_response(reply: ClientResponse) -> web.StreamResponse:
+    response = web.StreamResponse(status=reply.status, reason=reply.reason)
+    for key, value in reply.headers.items():
+        if key.lower() not in HOP_BY_HOP:
+            response.headers.add(key, value)
+    return response
+
+
+def _whole_response(reply: ClientResponse, data: bytes) -> web.Response:
+    response = web.Response(status=reply.status, reason=reply.reason, body=data)
+    for key, value in reply.headers.items():
+        if key.lower() not in HOP_BY_HOP and key.lower() != "content-type":
+            response.headers.add(key, value)
+    response.content_type = reply.content_type
+    return response
 
 
 async def _send(
@@ -170,14 +292,12 @@ async def _send(
         return await session.request(method, url, headers=headers, data=body)
 
 
-async def _cut_short(
-    request: web.Request, response: web.StreamResponse, reply: Any, exc: BaseException
-) -> None:
-    """The coordinator died mid-reply: an event stream gets an error event, and the
-    connection closes without the body's end, so no client takes it for a whole reply."""
-    if reply.headers.get("Content-Type", "").startswith("text/event-stream"):
-        why = str(exc) or type(exc).__name__
-        message = f"the coordinator stopped mid-reply ({why})"
+async def _cut_short(request: web.Request, response: web.StreamResponse, why: str) -> None:
+    """The coordinator died mid-reply and none took over: an event stream gets an error
+    event, and the connection closes without the body's end, so no client takes it for a
+    whole reply."""
+    if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        message = f"the coordinator stopped mid-reply: {why}"
         event = {"error": {"code": 502, "message": message, "type": "server_error"}}
         with contextlib.suppress(ConnectionResetError):
             await response.write(f"data: {json.dumps(event)}\n\n".encode())

@@ -30,12 +30,14 @@ async def make_plan(
     request: PlanRequest,
     settings: EngineSettings,
     threads: int,
+    draft: ModelInfo | None = None,
 ) -> tuple[LayerPlan, Explanation | None]:
-    """The plan `request` asks for; the planner measures with the coordinator's `threads`."""
+    """The plan `request` asks for; the planner measures with the coordinator's `threads`
+    and leaves room for a draft model on the coordinator."""
     if request.auto:
         from quorum_tui.engine.measure import auto_plan
 
-        explanation = await auto_plan(info, workers, settings, threads)
+        explanation = await auto_plan(info, workers, settings, threads, draft)
         assert explanation.plan is not None
         return explanation.plan, explanation
     if request.split is not None:

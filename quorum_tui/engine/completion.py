@@ -38,6 +38,8 @@ class Completed:
     prompt_per_s: float
     stop_type: str
     tokens: tuple[int, ...] = field(default=())
+    failovers: tuple[dict[str, Any], ...] = ()
+    """Coordinator restarts the generation lived through (Quorum's endpoint says)."""
 
 
 @dataclass
@@ -100,6 +102,7 @@ async def stream_completion(
                         prompt_per_s=float(timings.get("prompt_per_second", 0.0)),
                         stop_type=str(data.get("stop_type", "")),
                         tokens=tuple(ids),
+                        failovers=tuple((data.get("quorum") or {}).get("failovers") or ()),
                     )
                     return
     except httpx.HTTPError as exc:

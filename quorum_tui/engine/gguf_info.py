@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ class ModelInfo:
     output_bytes: int
     kv_bytes_per_token_per_layer: int
     tied_output: bool = False
+    vocab_digest: str = ""
+    """sha256 of the tokenizer model and its token list: equal digests, equal vocabularies."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -177,7 +180,19 @@ def describe(
         output_bytes=output,
         kv_bytes_per_token_per_layer=kv,
         tied_output=tied,
+        vocab_digest=vocab_digest(fields),
     )
+
+
+def vocab_digest(fields: dict[str, Any]) -> str:
+    """What identifies a vocabulary: the tokenizer model and every token, in order."""
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        return ""
+    digest = hashlib.sha256(str(fields.get("tokenizer.ggml.model", "")).encode())
+    for token in tokens:
+        digest.update(b"\0" + str(token).encode())
+    return digest.hexdigest()
 
 
 def _later_parts(

@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quorum_tui.engine.plan import LayerPlan, LlamaParams
+from quorum_tui.engine.speculation import Speculation
 from quorum_tui.errors import QuorumError
 
 BINARY_ENV = "QUORUM_LLAMA_SERVER"
@@ -37,8 +38,7 @@ class ServerOptions:
     api_key: str | None = None
     repack: bool = True
     """Let the CPU backend repack quantized weights (off: numerics match RPC workers exactly)."""
-    extra: tuple[str, ...] = ()
-    """Further llama-server arguments (speculative decoding)."""
+    speculation: Speculation = field(default_factory=Speculation)
 
 
 def server_binary() -> Path:
@@ -109,4 +109,4 @@ def server_argv(
         argv += ["--api-key", options.api_key]
     if not options.repack:
         argv.append("--no-repack")
-    return [*argv, *options.extra]
+    return [*argv, *options.speculation.argv()]

@@ -14,12 +14,13 @@ _RPC_DEVICE = re.compile(r"^RPC(\d+)(?:\[.*\])?$")
 
 
 def layer_devices(lines: Iterable[str]) -> dict[int, str]:
-    """`{layer: device name}` from the `assigned to device` lines (the last load wins)."""
+    """`{layer: device name}` from the `assigned to device` lines of the first model loaded
+    (a draft model for speculation loads after the target and says where its layers went)."""
     found: dict[int, str] = {}
     for line in lines:
         match = _LAYER.search(line)
         if match:
-            found[int(match.group(1))] = match.group(2)
+            found.setdefault(int(match.group(1)), match.group(2))
     return found
 
 

@@ -88,8 +88,9 @@ class LocalCluster:
         wait: bool = True,
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
+        port: int = 0,
     ) -> LocalWorker:
-        port = free_port()
+        port = port or free_port()
         log = self.log_dir / f"{name}-{port}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -105,6 +106,12 @@ class LocalCluster:
         if wait:
             wait_ready(worker)
         return worker
+
+    def restart(self, worker: LocalWorker) -> LocalWorker:
+        """A new process for a worker that died, on the same port (so the same endpoint)."""
+        worker.kill()
+        self.workers.remove(worker)
+        return self.add(worker.name, port=worker.port)
 
     @property
     def refs(self) -> list[WorkerRef]:

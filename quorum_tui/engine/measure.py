@@ -36,8 +36,16 @@ from typing import Any
 from quorum_tui import paths
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.memory import whole_model_memory
 from quorum_tui.engine.plan import WorkerRef
-from quorum_tui.engine.planner import INF, ClusterProfile, Explanation, StageProfile, solve
+from quorum_tui.engine.planner import (
+    INF,
+    ClusterProfile,
+    Explanation,
+    StageProfile,
+    solve,
+    with_draft,
+)
 from quorum_tui.engine.probe import (
     CMD_DEVICE_COUNT,
     CMD_HELLO,
@@ -306,12 +314,22 @@ def _stage(
 
 
 async def auto_plan(
-    info: ModelInfo, workers: Sequence[WorkerRef], settings: EngineSettings, threads: int
+    info: ModelInfo,
+    workers: Sequence[WorkerRef],
+    settings: EngineSettings,
+    threads: int,
+    draft: ModelInfo | None = None,
 ) -> Explanation:
-    """Measure the stages with the coordinator's `threads` and solve for `settings`' memory;
-    a model that fits nowhere is an error."""
+    """Measure the stages with the coordinator's `threads` and solve for `settings`' memory
+    (a draft model takes its share of the coordinator's); a model that fits nowhere is an
+    error. With a draft, the prediction counts the draft's compute too."""
     measured = await measure_cluster(info, workers, threads=threads)
-    explanation = solve(info, settings.ctx, measured.profile, settings.slots)
+    profile = measured.profile
+    if draft is not None and profile.coordinator.free is not None:
+        need = whole_model_memory(draft, settings.ctx, settings.slots).total
+        coordinator = replace(profile.coordinator, free=max(profile.coordinator.free - need, 0))
+        profile = replace(profile, coordinator=coordinator)
+    explanation = solve(info, settings.ctx, profile, settings.slots)
     if explanation.plan is None:
         raise QuorumError(" ".join(explanation.messages))
-    return explanation
+    return with_draft(explanation, profile, info, draft) if draft else explanation

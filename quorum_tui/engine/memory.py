@@ -39,9 +39,14 @@ def compute_bytes(info: ModelInfo, holds_output: bool, ctx: int) -> int:
 
 
 def stage_memory(
-    info: ModelInfo, plan: LayerPlan, ctx: int, slots: int = DEFAULT_SLOTS
+    info: ModelInfo,
+    plan: LayerPlan,
+    ctx: int,
+    slots: int = DEFAULT_SLOTS,
+    draft: ModelInfo | None = None,
 ) -> list[StageMemory]:
-    """The estimate for every stage of `plan`, coordinator first, with `ctx` tokens per slot."""
+    """The estimate for every stage of `plan`, coordinator first, with `ctx` tokens per slot;
+    a draft model for speculation lives whole on the coordinator."""
     out = []
     for index, stage in enumerate(plan.stages):
         weights = sum(info.layer_bytes[i] for i in stage.layers)
@@ -53,6 +58,13 @@ def stage_memory(
         kv = stage.count * ctx * slots * info.kv_bytes_per_token_per_layer
         busy = stage.count > 0 or holds_output
         compute = compute_bytes(info, holds_output, ctx) if busy else 0
+        if index == 0 and draft is not None:
+            extra = whole_model_memory(draft, ctx, slots)
+            weights, kv, compute = (
+                weights + extra.weights,
+                kv + extra.kv_cache,
+                compute + extra.compute,
+            )
         out.append(StageMemory(weights, kv, compute))
     return out
 

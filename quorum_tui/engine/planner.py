@@ -12,6 +12,7 @@ I/O. The solver is a dynamic programme over workers and layer counts; see `solve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -25,11 +26,19 @@ from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import StageMemory, compute_bytes, whole_model_memory
 from quorum_tui.engine.plan import MAX_WORKERS, LayerPlan, WorkerRef
 from quorum_tui.engine.settings import DEFAULT_SLOTS
+from quorum_tui.engine.speculation import DRAFT_MAX
 from quorum_tui.errors import QuorumError
 from quorum_tui.units import human_bytes
 
 FLOAT_BYTES = 4
 """Activations and logits cross the network as f32."""
+SPECULATION_HELPS = 1.25
+"""A predicted speed-up from speculation at least this large makes it worth saying so."""
+BATCH_TOKEN_COST = 0.15
+"""Each extra token of a verification batch costs this fraction of one token's compute (a
+CPU stage reads its weights once per batch)."""
+ASSUMED_ACCEPTANCE = 0.6
+"""The draft acceptance the prediction assumes; `quorum bench spec` measures real ones."""
 INF = math.inf
 
 
@@ -254,6 +263,48 @@ class Explanation:
         worst = max(used, key=lambda s: s.time_s)
         return worst.name
 
+    @property
+    def link_share(self) -> float:
+        """The share of each token's time spent on round trips and transfers."""
+        links = sum(s.link_s for s in self.stages)
+        return links / self.per_token_s if self.per_token_s > 0 else 0.0
+
+    def speculative_tps(self, acceptance: float, drafted: int, draft_s: float = 0.0) -> float:
+        """Tokens/s when each pass verifies `drafted` tokens, each accepted with probability
+        `acceptance` until the first miss: a pass pays every stage's round trips once, the
+        compute of a small batch, and the draft's own compute on the coordinator."""
+        if not self.plan or self.per_token_s <= 0:
+            return 0.0
+        compute = sum(s.compute_s for s in self.stages)
+        links = sum(s.link_s for s in self.stages)
+        per_pass = (
+            self.base_s + links + compute * (1 + BATCH_TOKEN_COST * drafted) + drafted * draft_s
+        )
+        a = min(max(acceptance, 0.0), 0.999)
+        tokens = (1 - a ** (drafted + 1)) / (1 - a)
+        return tokens / per_pass
+
+    @property
+    def speculation_gain(self) -> float:
+        """Predicted speed-up of speculation at the assumed acceptance, DRAFT_MAX per pass."""
+        plain = self.predicted_tps
+        return self.speculative_tps(ASSUMED_ACCEPTANCE, DRAFT_MAX) / plain if plain else 0.0
+
+    def speculation_line(self) -> str:
+        share, gain = self.link_share, self.speculation_gain
+        if gain >= SPECULATION_HELPS:
+            return (
+                f"speculation: round-trip bound ({share:.0%} of each token is round trips and "
+                f"transfers): a pass verifies several drafted tokens for about one token's round "
+                f"trips, about {gain:.1f}x at {ASSUMED_ACCEPTANCE:.0%} acceptance; try "
+                "--spec ngram or --draft MODEL"
+            )
+        return (
+            f"speculation: compute-bound (round trips are {share:.0%} of each token): a pass "
+            f"of several tokens costs nearly their compute, about {gain:.1f}x at "
+            f"{ASSUMED_ACCEPTANCE:.0%} acceptance, so it helps little"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
@@ -268,6 +319,9 @@ class Explanation:
             "shortfall": self.shortfall,
             "stages": [s.to_json() for s in self.stages],
             "messages": list(self.messages),
+            "round_trip_share": self.link_share,
+            "speculation_gain": self.speculation_gain,
+            "speculation_helps": self.speculation_gain >= SPECULATION_HELPS,
             **self.extra,
         }
 
@@ -294,6 +348,15 @@ class Explanation:
             )
         if self.bottleneck:
             out.append(f"bottleneck: {self.bottleneck}")
+        if self.verdict == "sharded":
+            out.append(self.speculation_line())
+        draft = self.extra.get("draft")
+        if draft:
+            out.append(
+                f"with the draft {draft['name']} ({draft['draft_s'] * 1000:.2f} ms per drafted "
+                f"token on the coordinator, {draft['drafted']} drafted per pass, acceptance "
+                f"{draft['acceptance']:.0%} assumed): {draft['tps']:.1f} tokens/s"
+            )
         return out
 
 
@@ -328,6 +391,24 @@ def explain(
         )
     verdict = "local" if plan.output_stage == 0 else "sharded"
     return Explanation(plan, verdict, total, tuple(stages), profile.coordinator.fixed_s)
+
+
+def with_draft(
+    explanation: Explanation, profile: ClusterProfile, info: ModelInfo, draft: ModelInfo
+) -> Explanation:
+    """The explanation with the draft model's own compute in its prediction: the draft runs
+    on the coordinator, at the coordinator's measured speed per byte of weights."""
+    mean_layer = sum(info.layer_bytes) / max(len(info.layer_bytes), 1)
+    draft_s = profile.coordinator.layer_s * draft.weight_bytes / mean_layer if mean_layer else 0.0
+    tps = explanation.speculative_tps(ASSUMED_ACCEPTANCE, DRAFT_MAX, draft_s)
+    entry = {
+        "name": draft.name,
+        "draft_s": draft_s,
+        "drafted": DRAFT_MAX,
+        "acceptance": ASSUMED_ACCEPTANCE,
+        "tps": tps,
+    }
+    return dataclasses.replace(explanation, extra={**explanation.extra, "draft": entry})
 
 
 def solve(

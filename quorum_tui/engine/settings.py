@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from quorum_tui.engine.speculation import MODES as SPEC_MODES
 from quorum_tui.errors import QuorumError
 
 DEFAULT_CTX = 2048
@@ -43,8 +44,16 @@ class EngineSettings:
     """Requests served at once; the KV cache holds `ctx` tokens for each."""
     threads: int = 0
     repack: bool = True
+    spec: str = "off"
+    """Speculative decoding: off, ngram (no second model) or draft (with `draft`)."""
+    draft: str | None = None
+    """The draft model's spec, used when `spec` is draft."""
 
     def __post_init__(self) -> None:
+        if self.spec not in SPEC_MODES:
+            raise QuorumError(f"--spec {self.spec}: give one of {', '.join(SPEC_MODES)}")
+        if self.spec == "draft" and not self.draft:
+            raise QuorumError("--spec draft needs --draft MODEL (a small model of the same family)")
         if self.ctx < 16:
             raise QuorumError(f"--ctx {self.ctx}: the context must be at least 16 tokens")
         if not 1 <= self.slots <= MAX_SLOTS:

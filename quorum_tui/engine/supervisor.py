@@ -49,8 +49,14 @@ async def preflight(workers: Sequence[WorkerRef], timeout: float = 3.0) -> list[
 
 
 def new_log_path(kind: str = "coordinator") -> Path:
+    """A log file of its own for each child, even several in one second (a failover)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return paths.ensure(paths.data_dir() / "logs") / f"{kind}-{stamp}-{os.getpid()}.log"
+    logs = paths.ensure(paths.data_dir() / "logs")
+    path, n = logs / f"{kind}-{stamp}-{os.getpid()}.log", 1
+    while path.exists():
+        path, n = logs / f"{kind}-{stamp}-{os.getpid()}-{n}.log", n + 1
+    path.touch()
+    return path
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ class CoordinatorProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.last_error: str | None = None
         self.dead_workers: list[str] = []
+        self.dead: list[WorkerRef] = []
+        """The workers found unreachable when the child stopped, named in `dead_workers`."""
         self.realized: tuple[int, ...] | None = None
         self.mismatch: list[str] = []
         self.pump: LogPump | None = None
@@ -240,10 +248,13 @@ class CoordinatorProcess:
     async def _find_dead_workers(self) -> list[str]:
         workers = self.plan.workers
         results = await probe_all([w.endpoint for w in workers], timeout=2.0)
-        self.dead_workers = [
-            f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
-            for w, r in zip(workers, results, strict=True)
+        gone = [
+            (w, r) for w, r in zip(workers, results, strict=True)
             if r.status in ("unreachable", "incompatible")
+        ]  # fmt: skip
+        self.dead = [w for w, _ in gone]
+        self.dead_workers = [
+            f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}" for w, r in gone
         ]
         return self.dead_workers
 

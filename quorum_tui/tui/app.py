@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,7 +14,14 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from quorum_tui.deploy.deployment import Deployment, Prepared, start_local_workers
-from quorum_tui.deploy.events import DeployEvent, Serving, Stopped
+from quorum_tui.deploy.events import (
+    DeployEvent,
+    FailedOver,
+    FailingOver,
+    Serving,
+    Stopped,
+    WorkerBack,
+)
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.localcluster import LocalCluster
@@ -52,6 +61,7 @@ class QuorumApp(SshActions, ModelActions):
         Binding("3,f3", "tab('models')", "Models", id="quorum.tab.models"),
         Binding("4,f4", "tab('chat')", "Chat", id="quorum.tab.chat"),
         Binding("a", "apply", "Apply", id="quorum.apply"),
+        Binding("ctrl+r", "rejoin", "Rejoin", id="quorum.rejoin", show=False),
         Binding("r", "refresh", "Probe", id="quorum.refresh", show=False),
         Binding("l", "toggle_log", "Log", id="quorum.log", show=False),
         Binding("question_mark", "help", "Keys", id="quorum.help"),
@@ -69,13 +79,19 @@ class QuorumApp(SshActions, ModelActions):
         self.local_free_bytes: int | None = self.setup.local_free
         self.cluster: LocalCluster | None = None
         self.pids: dict[str, int] = {}
-        self.deployment = Deployment(settings=self.setup.settings, on_event=self.deployed)
+        self.deployment = Deployment(
+            settings=self.setup.settings, on_event=self.deployed, rejoin_after=None
+        )
         self.coordinator_state = "idle"
         self.serving_plan: LayerPlan | None = None
         self.realized: list[int] | None = None
         self.url: str | None = None
         self.errors: list[str] = []
         self.workers_in_use: set[str] = set()
+        self.workers_back: set[str] = set()
+        """Workers lost to a failover that answer again: ctrl+r uses them."""
+        self.draft: ModelInfo | None = None
+        """The draft model, once draft speculation is chosen and its vocabulary checked."""
         self.demo_applied = False
         self.demo_chatted = False
         self.auto_plans: dict[tuple[str, tuple[WorkerRef, ...]], LayerPlan] = {}
@@ -177,14 +193,16 @@ class QuorumApp(SshActions, ModelActions):
         """Whether the model needs sharding at all (the rule Quorum teaches)."""
         if self.info is None:
             return ""
-        return sharding_advice(self.info, self.setup.settings, self.local_free_bytes)
+        return sharding_advice(self.info, self.deployment.settings, self.local_free_bytes)
 
     def show_plan(self) -> None:
         plan = self.plan
         free = self.stage_free(plan) if plan else []
         realized = self.realized if plan is not None and plan == self.serving_plan else None
         for pane in self.query(LayersPane):
-            pane.show(self.info, plan, free, self.setup.settings, realized, self.advice)
+            pane.show(
+                self.info, plan, free, self.deployment.settings, realized, self.advice, self.draft
+            )
 
     def set_coordinator_status(self, text: str | Text | None = None) -> None:
         if text is None:
@@ -318,6 +336,31 @@ class QuorumApp(SshActions, ModelActions):
             predicted = next((t for t in message.lines if t.startswith("predicted")), "")
             self.set_coordinator_status(f"Auto: {message.plan.summary()}; {predicted}")
 
+    def action_speculation(self) -> None:
+        """Cycle speculative decoding: off, n-grams, and the draft model when one was given;
+        Apply restarts the coordinator with it."""
+        settings = self.deployment.settings
+        modes = ["off", "ngram", *(["draft"] if settings.draft else [])]
+        mode = modes[(modes.index(settings.spec) + 1) % len(modes)]
+        self.deployment.settings = replace(settings, spec=mode)
+        self.draft = None
+        if mode == "draft" and self.info is not None:
+            self.check_draft(self.info)
+        self.show_plan()
+        self.notify(f"speculation: {mode} (Apply to restart the coordinator with it)")
+
+    @work(exclusive=True, group="draft", exit_on_error=False)
+    async def check_draft(self, target: ModelInfo) -> None:
+        try:
+            draft = await self.deployment.resolve_draft(target)
+        except QuorumError as exc:
+            self.deployment.settings = replace(self.deployment.settings, spec="off")
+            self.post_message(msg.Failed("draft model", str(exc)))
+            self.show_plan()
+            return
+        self.draft = draft
+        self.show_plan()
+
     @on(LayerMap.Changed)
     def plan_changed(self, event: LayerMap.Changed) -> None:
         self.plan = event.plan
@@ -336,7 +379,7 @@ class QuorumApp(SshActions, ModelActions):
         self.coordinator_state = "preflight"
         self.set_coordinator_status(f"coordinator: checking the workers for {self.plan.summary()}")
         self.show_plan()
-        self.run_coordinator(Prepared(self.model_path, self.info, self.plan))
+        self.run_coordinator(Prepared(self.model_path, self.info, self.plan, draft=self.draft))
 
     async def action_stop_coordinator(self) -> None:
         was = self.deployment.serving or self.coordinator_busy
@@ -381,11 +424,71 @@ class QuorumApp(SshActions, ModelActions):
             self.on_serving(event)
         elif isinstance(event, Stopped) and event.reason is not None:
             self.post_message(msg.CoordinatorStopped(event.plan, event.reason))
+        elif isinstance(event, FailingOver):
+            self.coordinator_state = "failing over"
+            self.set_coordinator_status(
+                Text.assemble(("◆ failing over: ", "bold yellow"), event.reason)
+            )
+            self.report("failover", event.reason)
+            self.restart_workers(list(event.dead))
+        elif isinstance(event, FailedOver):
+            self.plan = self.serving_plan = event.plan
+            self.note(
+                f"failed over in {event.seconds:.1f}s: {event.before.summary()} -> "
+                f"{event.plan.summary()}"
+            )
+        elif isinstance(event, WorkerBack):
+            self.workers_back.add(event.worker.name)
+            self.note(f"worker {event.worker.name} ({event.worker.endpoint}) is back")
+            self.notify(
+                f"worker {event.worker.name} is back: press ctrl+r to use it again",
+                title="rejoin",
+                timeout=30,
+            )
+
+    @work(group="restart", exit_on_error=False)
+    async def restart_workers(self, dead: list[WorkerRef]) -> None:
+        """Start the workers a failover lost again, on their endpoints: local demo workers
+        here, SSH hosts' through their kept connections."""
+        for worker in dead:
+            local = None
+            if self.cluster is not None:
+                local = next((w for w in self.cluster.workers if w.ref == worker), None)
+            try:
+                if local is not None and self.cluster is not None:
+                    again = await asyncio.to_thread(self.cluster.restart, local)
+                    self.pids[again.name] = again.process.pid
+                elif worker.name in self.ssh_host_names():
+                    await self.ssh.bring_back(
+                        worker.name, self.host_event_callback, self.ask_host_key
+                    )
+                else:
+                    continue
+            except QuorumError as exc:
+                self.post_message(msg.Failed(f"worker {worker.name}", str(exc)))
+                continue
+            self.post_message(msg.Note(f"worker {worker.name} restarted at {worker.endpoint}"))
+
+    async def action_rejoin(self) -> None:
+        away = {w.name for w in self.deployment.away}
+        if not away:
+            self.notify("no worker is waiting to rejoin", severity="warning")
+            return
+        if not away <= self.workers_back:
+            missing = ", ".join(sorted(away - self.workers_back))
+            self.notify(f"{missing} does not answer yet", severity="warning")
+            return
+        self.workers_back.clear()
+        self.notify(f"using {', '.join(w.name for w in self.deployment.away)} again")
+        try:
+            await self.deployment.rejoin()
+        except QuorumError as exc:
+            self.report("rejoin", str(exc))
 
     def on_serving(self, event: Serving) -> None:
         self.coordinator_state = "serving"
         self.url = event.url
-        plan = event.plan
+        plan = self.plan = self.serving_plan = event.plan
         self.set_coordinator_status(
             Text.assemble(("● ready: ", "bold green"), f"serving {plan.summary()} at {event.url}")
         )

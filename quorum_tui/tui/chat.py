@@ -18,7 +18,14 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from quorum_tui.chat.chunking import safe_cuts, split_markdown, split_open_block
-from quorum_tui.chat.client import ChatClient, ChatError, ReplyStats, ReplyStream, TextDelta
+from quorum_tui.chat.client import (
+    ChatClient,
+    ChatError,
+    ReplyStats,
+    ReplyStream,
+    TextDelta,
+    served_by,
+)
 from quorum_tui.chat.session import ChatSession, describe_reply, reply_message
 from quorum_tui.chat.store import Conversation, ConversationInfo, ConversationStore, Message
 from quorum_tui.errors import QuorumError
@@ -415,7 +422,7 @@ class ChatPane(Vertical):
             self._streaming = False
             with contextlib.suppress(Exception):
                 view.write("".join(pending))
-        await self._finish(session, view, reply, status, plan, error)
+        await self._finish(session, view, reply, status, served_by(plan, reply.failovers), error)
 
     async def _finish(
         self,

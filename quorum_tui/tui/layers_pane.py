@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
@@ -28,6 +29,7 @@ class LayersPane(Vertical):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("u", "app.auto_plan", "Auto", id="quorum.layers.auto"),
         Binding("w", "swap_next", "Swap worker →", id="quorum.layers.swap"),
+        Binding("g", "app.speculation", "Speculation", id="quorum.layers.spec"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -58,6 +60,7 @@ class LayersPane(Vertical):
         settings: EngineSettings,
         realized: Sequence[int] | None = None,
         advice: str = "",
+        draft: ModelInfo | None = None,
     ) -> None:
         """Redraw everything from the model, the plan, each stage's free memory, and realized;
         `advice` says whether the model needs sharding at all."""
@@ -65,7 +68,11 @@ class LayersPane(Vertical):
         line.update(advice)
         line.display = bool(advice)
         if info is not None:
-            context = f"context {settings.ctx} x {settings.slots} slots"
+            context = (
+                f"context {settings.ctx} x {settings.slots} slots, speculation {settings.spec}"
+            )
+            if draft is not None:
+                context += f" ({Path(draft.path).name} on the coordinator)"
             self.query_one("#model-line", Static).update(f"{model_label(info)}, {context}")
         layer_map = self.query_one(LayerMap)
         table: DataTable[str | Text] = self.query_one("#stages", DataTable)
@@ -73,7 +80,7 @@ class LayersPane(Vertical):
         if info is None or plan is None:
             layer_map.set_plan(plan)
             return
-        memory = stage_memory(info, plan, settings.ctx, settings.slots)
+        memory = stage_memory(info, plan, settings.ctx, settings.slots, draft)
         notes: list[tuple[str, bool | None]] = []
         for index, need in enumerate(memory):
             have = free[index] if index < len(free) else None

@@ -118,6 +118,21 @@ class SshHosts:
             await cluster.close()
         return cluster.results
 
+    async def bring_back(
+        self, name: str, on_event: EventCallback, prompt: HostKeyPrompt
+    ) -> HostResult | None:
+        """Restart `name`'s worker if it died, on the same endpoint (None: not up here)."""
+        kept = self.up.get(name)
+        if kept is None:
+            return None
+        cluster, result = kept
+        index = cluster.results.index(result)
+        options = BringUpOptions(prompt=prompt, on_event=on_event)
+        again = await bringup.bring_back(cluster, index, options, "its worker died", prompt)
+        if again.ok:
+            self.up[name] = (cluster, again)
+        return again
+
     async def forget(self, name: str) -> None:
         """Close the tunnel and SSH connection kept for `name` (its worker keeps running)."""
         kept = self.up.pop(name, None)

@@ -33,13 +33,18 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("failover", [False, True], ids=["no-failover", "failover"])
 def test_worker_killed_during_generation(
-    local_cluster: LocalCluster, make_model: Callable[..., Path], quorum_dirs: dict[str, Path]
+    local_cluster: LocalCluster,
+    make_model: Callable[..., Path],
+    quorum_dirs: dict[str, Path],
+    failover: bool,
 ) -> None:
     model = make_model(n_layers=8, n_embd=256, n_head=8, n_vocab=800)
     local_cluster.start(2)
     victim = local_cluster.workers[1]
-    args = ["run", str(model), "-p", "Once", "-n", "1800", "--split", "0,4,4"]
+    args = ["run", str(model), "-p", "Once", "--split", "0,4,4"]
+    args += ["-n", "300"] if failover else ["-n", "1800", "--no-failover"]
     for worker in local_cluster.workers:
         args += ["--worker", worker.endpoint]
     run = subprocess.Popen(
@@ -62,11 +67,17 @@ def test_worker_killed_during_generation(
     finally:
         if run.poll() is None:
             run.kill()
-    assert returncode == 1, err
-    assert f"worker w2 ({victim.endpoint}) is unreachable" in err
     assert "Traceback" not in err
     assert waited < 60
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if failover:
+        assert returncode == 0, err
+        assert f"failing over: the coordinator stopped because worker w2 ({victim.endpoint})" in err
+        assert "failed over at " in err and "-> coordinator -, w1 0-7+out" in err
+        assert "realized split: coordinator -, w1 0-7+out | 300 tokens" in err
+    else:
+        assert returncode == 1, err
+        assert f"worker w2 ({victim.endpoint}) is unreachable" in err.splitlines()[-1]
 
 
 def test_incompatible_worker_is_refused_by_name_before_loading(

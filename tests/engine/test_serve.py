@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_stream_ends_serve_with_its_name(
 ) -> None:
     local_cluster.start(2)
     port = free_port()
-    args = ["serve", str(slow_model), "--split", "0,4,4", "--port", str(port)]
+    args = ["serve", str(slow_model), "--split", "0,4,4", "--port", str(port), "--no-failover"]
     for worker in local_cluster.workers:
         args += ["--worker", worker.endpoint]
     proc = subprocess.Popen(

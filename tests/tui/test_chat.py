@@ -149,7 +149,8 @@ async def test_a_worker_killed_mid_reply_is_a_visible_error(
     local_cluster.start(1)
     store = ConversationStore(tmp_path / "c.sqlite3")
     app = Host(store)
-    async with served(slow_model, local_cluster.refs) as running, app.run_test() as pilot:
+    serving = served(slow_model, local_cluster.refs, failover=False)
+    async with serving as running, app.run_test() as pilot:
         pane = pane_of(app)
         pane.set_endpoint(running.url, running.plan.summary())
         pane.max_tokens, pane.request_options = 1000, NO_EOS
@@ -169,6 +170,32 @@ async def test_a_worker_killed_mid_reply_is_a_visible_error(
         assert [m.role for m in pane.session.messages] == ["user", "assistant"]
     [row] = store.list()
     assert store.open(row.id).messages[0].text == "keep talking"
+
+
+async def test_a_worker_killed_mid_reply_fails_over_and_the_header_says_so(
+    slow_model: Path, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    local_cluster.start(1)
+    store = ConversationStore(tmp_path / "c.sqlite3")
+    app = Host(store)
+    async with served(slow_model, local_cluster.refs) as running, app.run_test() as pilot:
+        pane = pane_of(app)
+        pane.set_endpoint(running.url, running.plan.summary())
+        pane.max_tokens, pane.request_options = 300, {**NO_EOS, "temperature": 0}
+        await type_prompt(pilot, "keep talking")
+        await eventually(lambda: pane.reply is not None and pane.reply.stats.tokens >= 20)
+        local_cluster.workers[0].kill()
+        await eventually(lambda: bool(app.finished), timeout=120)
+        await pilot.pause()
+        [done] = app.finished
+        assert done.message.status == "complete" and done.error is None
+        plan = done.message.plan or ""
+        assert "coordinator -, w1 0-7+out → coordinator 0-7+out" in plan
+        assert "failed over at" in plan and "regenerated" in plan and "worker w1" in plan
+        assert "failed over at" in str(app.query(MessageView)[-1].meta.render())
+        assert not notices(app)
+    [row] = store.list()
+    assert "failed over" in (store.open(row.id).messages[-1].plan or "")
 
 
 async def test_reopening_renaming_and_deleting_stored_conversations(tmp_path: Path) -> None:
