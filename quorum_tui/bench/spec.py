@@ -5,8 +5,8 @@ The workers are the cluster file's hosts or `--lab N` namespace hosts whose link
 each round every mode gets its own coordinator through the deployment API (a worker serves one
 client at a time) and answers both workloads, greedily:
 
-1. a rewrite: reproduce a given block of code with one name changed, the repetition that
-   editors and coding tools send, where n-grams of the prompt predict most of the reply;
+1. a rewrite: repeat a given paragraph with one word changed, the repetition that editors
+   and coding tools send, where n-grams of the prompt predict most of the reply;
 2. free generation, where they predict little.
 
 For each mode and workload: tokens/s (llama-server's decode timing), the share of drafted
@@ -36,30 +36,20 @@ from quorum_tui.engine.supervisor import parse_metrics
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.registry import REAL_DEMO_MODEL
 
-CODE = '''def load_inventory(path):
-    """Read the cluster file and return its hosts."""
-    hosts = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, _, address = line.partition("=")
-            if not address:
-                raise ValueError(f"line {number}: expected name = address")
-            hosts.append((name.strip(), address.strip()))
-    return hosts
-
-
-def print_inventory(path):
-    for name, address in load_inventory(path):
-        print(f"{name:<16} {address}")
-'''
+PARAGRAPH = (
+    "The quorum of workers met on Tuesday to split the model into layers. Each worker took a "
+    "contiguous range of layers, and the coordinator drove every token through the ranges in "
+    "order. When one worker was slow, the others waited, so the plan gave it fewer layers. "
+    "The network between them was a small switch in a cupboard, and every token crossed it "
+    "twice for each worker: once with the activations going out and once with the results "
+    "coming back. On Tuesday afternoon a worker rebooted, and its layers moved to its "
+    "neighbour until it came back. By the end of Tuesday the whole model answered questions "
+    "in a few seconds, and nobody had to log in to any machine by hand."
+)
 WORKLOADS = {
     "rewrite": (
-        "Here is some Python code:\n\n```python\n" + CODE + "```\n\n"
-        "Rewrite this code exactly as it is, but rename the function load_inventory to "
-        "read_hosts everywhere. Reply with the code only."
+        'Repeat this paragraph word for word, but replace "Tuesday" with "Friday":\n\n'
+        + PARAGRAPH
     ),
     "free": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
 }

@@ -41,3 +41,20 @@ def test_bench_bringup_compares_all_hosts_with_one() -> None:
     assert result["cpu_s_per_host_all"] > 0 and result["cpu_s_per_host_one"] > 0  # type: ignore[operator]
     load = result["load_average"]
     assert isinstance(load, list) and len(load) == 3
+
+
+def test_bench_spec_times_plain_and_ngram_over_delayed_links() -> None:
+    result = bench(
+        "spec", "--lab", "2", "--model", "synthetic:layers=4", "-n", "24", "--rounds", "1"
+    )
+    assert result["delay_ms"] == 1.0 and result["spec_mode"] == "ngram"
+    for key in ("plain_tps", "spec_tps", "acceptance", "identical"):
+        assert key in result, key
+    assert result["plain_tps"] > 0 and result["spec_tps"] > 0  # type: ignore[operator]
+    table = result["table"]
+    assert isinstance(table, list)
+    assert {(r["mode"], r["workload"]) for r in table} == {
+        (mode, workload) for mode in ("plain", "ngram") for workload in ("rewrite", "free")
+    }
+    assert all(r["tokens_per_pass"] >= 1 for r in table if r["mode"] == "ngram")
+    assert isinstance(result["identical"], bool)

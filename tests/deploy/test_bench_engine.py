@@ -1,4 +1,4 @@
-"""`quorum bench engine` runs its three servers side by side and reports the keys it names."""
+"""`quorum bench engine` and `quorum bench failover` run for real and report the keys they name."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def test_bench_engine_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_engine_refuses_bad_counts() -> None:
     assert main(["bench", "engine", "--tokens", "1"]) == 1
     assert main(["bench", "engine", "--rounds", "0"]) == 1
+
+
+def test_bench_failover_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "failover", "--model", "synthetic:layers=6", "-n", "40", "--at", "10"]
+    assert main([*argv, "--rounds", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pause_s"] > 0 and data["reload_s"] > 0
+    assert isinstance(data["target_met"], bool) and data["identical"] is True
+    assert data["per_round"][0]["failover_s"] > 0
+    assert main(["bench", "failover", "--at", "50", "-n", "40"]) == 1
