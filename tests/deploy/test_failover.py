@@ -180,3 +180,54 @@ async def test_a_worker_that_comes_back_rejoins_after_its_quiet_period(
         assert plan["summary"] == "coordinator -, w1 0-14, w2 15-29+out" and plan["away"] == []
         again, _, _ = await stream(http, base)
         assert again == undisturbed
+
+
+async def test_the_text_so_far_tokenizes_back_to_the_tokens_that_made_it(
+    real_model_file: Path, local_cluster: LocalCluster
+) -> None:
+    """The round trip a continued reply rests on: the prompt plus the generated text, tokenized
+    again, is the prompt's tokens followed by exactly the generated ones, so the resubmitted
+    request carries the same tokens the lost coordinator had."""
+    local_cluster.start(2)
+    async with (
+        deployed(real_model_file, local_cluster, [0, 15, 15]) as (_, base, _),
+        httpx.AsyncClient(timeout=300) as http,
+    ):
+        body = {"prompt": PROMPT, "n_predict": TOKENS, "temperature": 0, "ignore_eos": True,
+                "return_tokens": True}  # fmt: skip
+        reply = (await http.post(f"{base}/completion", json=body)).json()
+        generated, text = reply["tokens"], reply["content"]
+        assert len(generated) == TOKENS
+
+        async def tokens(content: str) -> list[int]:
+            answer = await http.post(f"{base}/tokenize", json={"content": content})
+            return list(answer.json()["tokens"])
+
+        prompt_tokens = await tokens(PROMPT)
+        for cut in (1, 40, 100, TOKENS):
+            so_far = await http.post(f"{base}/detokenize", json={"tokens": generated[:cut]})
+            assert await tokens(PROMPT + so_far.json()["content"]) == (
+                prompt_tokens + generated[:cut]
+            ), f"after {cut} tokens"
+        assert so_far.json()["content"] == text
+
+
+async def test_a_continued_reply_resumes_from_the_text_so_far(
+    real_model_file: Path, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the regenerate limit a greedy reply is continued from prompt plus text: it still
+    ends as the undisturbed run did, and says how it resumed."""
+    monkeypatch.setattr("quorum_tui.deploy.resume.REGENERATE_LIMIT", 0)
+    local_cluster.start(2)
+    victim = local_cluster.workers[1]
+    async with (
+        deployed(real_model_file, local_cluster, [0, 15, 15]) as (_, base, _),
+        httpx.AsyncClient(timeout=300) as http,
+    ):
+        undisturbed, _, _ = await stream(http, base)
+        text, final, done = await stream(http, base, kill=lambda: victim.kill(signal.SIGKILL))
+    assert done and final["choices"][0]["finish_reason"] == "length"
+    [failover] = final["quorum"]["failovers"]
+    assert failover["resumed"] == "continued" and failover["after_tokens"] >= 40
+    assert failover["plan_after"] == "coordinator -, w1 0-29+out"
+    assert text == undisturbed
