@@ -48,8 +48,7 @@ PARAGRAPH = (
 )
 WORKLOADS = {
     "rewrite": (
-        'Repeat this paragraph word for word, but replace "Tuesday" with "Friday":\n\n'
-        + PARAGRAPH
+        'Repeat this paragraph word for word, but replace "Tuesday" with "Friday":\n\n' + PARAGRAPH
     ),
     "free": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
 }
