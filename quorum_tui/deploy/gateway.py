@@ -179,7 +179,7 @@ class Gateway:
         if generation is not None:
             self.in_flight += 1
             try:
-                return await self._generate(request, headers, generation, upstream, session)
+                return await self._generate(request, headers, body, generation, upstream, session)
             finally:
                 self.in_flight -= 1
         try:
@@ -187,10 +187,7 @@ class Gateway:
         except ClientError as exc:
             return error_response(502, f"the coordinator did not answer: {exc}", "server_error")
         async with reply:
-            response = web.StreamResponse(status=reply.status, reason=reply.reason)
-            for key, value in reply.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
+            response = _stream_response(reply)
             if reply.content_length is not None:
                 response.content_length = reply.content_length
             try:
@@ -208,13 +205,13 @@ class Gateway:
         self,
         request: web.Request,
         headers: dict[str, str],
+        body: bytes,
         generation: Generation,
         upstream: str,
         session: ClientSession,
     ) -> web.StreamResponse:
         """A generation, carried to the next coordinator when the one serving it dies."""
         response: web.StreamResponse | None = None
-        body = json.dumps(generation.body).encode()
         url: str | None = upstream
         while url is not None:
             try:
