@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.app import App, ComposeResult
@@ -172,6 +175,24 @@ async def test_a_worker_killed_mid_reply_is_a_visible_error(
     assert store.open(row.id).messages[0].text == "keep talking"
 
 
+def kill_after(tokens: int, reply: Callable[[], Any], kill: Callable[[], None]) -> threading.Thread:
+    """A thread that calls `kill` once the streaming reply has `tokens` tokens: polled off the
+    event loop, which a fast stream keeps too busy to look in time."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = reply()
+            if current is not None and current.stats.tokens >= tokens:
+                kill()
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 async def test_a_worker_killed_mid_reply_fails_over_and_the_header_says_so(
     slow_model: Path, local_cluster: LocalCluster, tmp_path: Path
 ) -> None:
@@ -182,10 +203,10 @@ async def test_a_worker_killed_mid_reply_fails_over_and_the_header_says_so(
         pane = pane_of(app)
         pane.set_endpoint(running.url, running.plan.summary())
         pane.max_tokens, pane.request_options = 300, {**NO_EOS, "temperature": 0}
+        killer = kill_after(20, lambda: pane.reply, local_cluster.workers[0].kill)
         await type_prompt(pilot, "keep talking")
-        await eventually(lambda: pane.reply is not None and pane.reply.stats.tokens >= 20)
-        local_cluster.workers[0].kill()
         await eventually(lambda: bool(app.finished), timeout=120)
+        killer.join(timeout=10)
         await pilot.pause()
         [done] = app.finished
         assert done.message.status == "complete" and done.error is None
