@@ -5,10 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 LLAMA_VERSION := 0.3.36
 # One compile builds the Python bindings' libraries and llama-server (the coordinator) from the
-# same vendored llama.cpp; the binaries find their libraries through their rpath.
-LLAMA_CHECK := import llama_cpp, os, sys; server = os.path.join(os.path.dirname(os.path.dirname(llama_cpp.__file__)), "bin", "llama-server"); sys.exit(0 if llama_cpp.__version__ == "$(LLAMA_VERSION)" and llama_cpp.llama_supports_rpc() and os.access(server, os.X_OK) else 1)
+# same vendored llama.cpp; the binaries find their libraries through their rpath. The build is
+# portable: backends load at run time, the CPU's in one module per CPU generation, and Quorum
+# loads the one this machine proves it runs (quorum_tui/engine/cpucheck.py), so the same build
+# serves here and is shipped to worker hosts.
+LLAMA_CHECK := import glob, llama_cpp, os, sys; bin = os.path.join(os.path.dirname(os.path.dirname(llama_cpp.__file__)), "bin"); need = ["llama-server", "libggml-rpc.so"]; sys.exit(0 if llama_cpp.__version__ == "$(LLAMA_VERSION)" and all(os.access(os.path.join(bin, n), os.R_OK) for n in need) and glob.glob(os.path.join(bin, "libggml-cpu-*.so")) else 1)
 LLAMA_CMAKE := -DGGML_RPC=on -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_TOOLS_INSTALL=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+  -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
   -DCMAKE_INSTALL_RPATH=\$$ORIGIN/../lib
 
 .PHONY: demo test check lint format install install-test system-test-deps clean
@@ -58,7 +62,7 @@ LLAMA_WHEEL = $(firstword $(wildcard $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERS
 
 $(VENV)/.llama-rpc: | $(PY)
 	@if [ -z "$(LLAMA_WHEEL)" ]; then \
-	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC and llama-server (about 10 minutes on 2 cores, once)..."; \
+	  echo "Building llama-cpp-python $(LLAMA_VERSION) with RPC and llama-server (about 15 minutes on 2 cores, once)..."; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-deps -w $(WHEELHOUSE) \
 	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
 	fi
@@ -67,14 +71,14 @@ $(VENV)/.llama-rpc: | $(PY)
 	  $(PIP) install --quiet "$$wheel" || exit 1; \
 	fi; \
 	if ! $(PY) -c '$(LLAMA_CHECK)'; then \
-	  echo "That build lacks RPC or llama-server (an older or cached wheel?): rebuilding..."; \
+	  echo "That build lacks RPC, llama-server or the CPU backend modules (an older or cached wheel?): rebuilding..."; \
 	  rm -f $$wheel; \
 	  $(PIP) cache remove llama_cpp_python >/dev/null 2>&1 || true; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-deps -w $(WHEELHOUSE) \
 	    "llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
 	  wheel=$$(ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl | head -n 1); \
 	  $(PIP) install --quiet --force-reinstall --no-deps "$$wheel" || exit 1; \
-	  $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC or llama-server"; exit 1; }; \
+	  $(PY) -c '$(LLAMA_CHECK)' || { echo "llama-cpp-python still lacks RPC, llama-server or the CPU backend modules"; exit 1; }; \
 	fi
 	@touch $@
 

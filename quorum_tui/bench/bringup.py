@@ -1,7 +1,9 @@
 """`quorum bench bringup`: wall time to bring up every host vs one host, side by side.
 
-Runtimes are installed by a warm-up bring-up first; every timed bring-up then starts from
-stopped workers: connect, probe, start the worker, open the tunnel, HELLO through it. The CPU
+First the cold bring-up of the first host: with `--lab` it has nothing installed, and the
+runtime is shipped to it (cluster.shipped); then the others are brought up (installing theirs).
+Every timed bring-up after that starts from stopped workers: connect, probe, start the worker,
+open the tunnel, HELLO through it. The CPU
 load of this machine during each bring-up is reported too, and the busy CPU-seconds per host:
 with `--lab` every host shares this machine's CPUs (and its home directory, whose rc files
 every remote login shell reads), so a CPU-bound result measures the machine, not the
@@ -11,6 +13,7 @@ parallelism.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
@@ -21,7 +24,9 @@ import psutil
 
 from quorum_tui.bench.hosts import add_host_args, run_on_hosts
 from quorum_tui.cluster.bringup import BringUpOptions, bring_up, down
+from quorum_tui.cluster.events import HostEvent
 from quorum_tui.cluster.inventory import Inventory
+from quorum_tui.cluster.shipped import llama_archive
 
 
 def register(sub: Any) -> None:
@@ -38,6 +43,11 @@ def cmd_bench_bringup(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        installed = "runtime shipped and installed" if result["cold_installed"] else "reused"
+        print(
+            f"cold bring-up of one host: {result['cold_s']:.2f}s ({installed}; the shipped "
+            f"runtime is {result['runtime_bytes'] / 2**20:.1f} MiB)"
+        )
         print(
             f"bring-up of {result['hosts']} hosts: {result['all_s']:.2f}s, of 1 host: "
             f"{result['one_s']:.2f}s, ratio {result['ratio']:.2f} ({args.rounds} round(s)); "
@@ -68,8 +78,11 @@ async def timed_up(inv: Inventory, options: BringUpOptions) -> tuple[float, floa
 
 
 async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
+    events: list[HostEvent] = []
     options = BringUpOptions(accept_new_host_keys=args.accept_new_host_keys)
     one = replace(inv, hosts=inv.hosts[:1])
+    archive = await asyncio.to_thread(llama_archive)
+    cold_s, _, _ = await timed_up(one, replace(options, on_event=events.append))
     await timed_up(inv, options)
     runs: dict[str, list[float]] = {"one": [], "all": []}
     busy: dict[str, list[float]] = {"one": [], "all": []}
@@ -84,6 +97,9 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
     await down(inv, options)
     one_s, all_s = statistics.median(runs["one"]), statistics.median(runs["all"])
     return {
+        "cold_s": cold_s,
+        "cold_installed": any(e.state == "installing" for e in events),
+        "runtime_bytes": archive.path.stat().st_size,
         "hosts": len(inv.hosts),
         "rounds": args.rounds,
         "one_s": one_s,

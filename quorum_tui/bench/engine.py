@@ -3,8 +3,9 @@
 Four local workers: two serve `quorum serve` in a process of its own (the deployment API:
 gateway in front of llama-server at debug log level), two serve the same llama-server binary
 started directly with the equivalent flags (no gateway, llama.cpp's default log level). A
-third server holds the whole model in one process, for scale. All three stay up, and every
-measurement runs on each of them in turn, in rounds that rotate who goes first:
+third server holds the whole model in one process, for scale, and a fourth the same with
+`--no-repack`: the CPU kernels Quorum proved on this machine against the plain ones. All stay
+up, and every measurement runs on each of them in turn, in rounds that rotate who goes first:
 
 - single-stream decode: tokens/s of one streamed completion, from the median time between
   its tokens on the client's clock;
@@ -27,13 +28,15 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from quorum_tui import paths
+from quorum_tui.engine.cpucheck import cpu_verdict
+from quorum_tui.engine.exits import describe_exit
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.llama_server import ServerOptions, server_argv
 from quorum_tui.engine.localcluster import LocalCluster, free_port
@@ -86,6 +89,10 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         f"one process {result['single_ttft_long_s']:.2f} s; ratio "
         f"{result['ratio_ttft_long']:.3f} (target <= 1.05)"
     )
+    print(
+        f"one process, {result['cpu_kernels']}: {result['single_tps']:.1f} tokens/s, with "
+        f"--no-repack {result['single_no_repack_tps']:.1f}; ratio {result['ratio_repack']:.3f}"
+    )
     agg = result["aggregate_tps"]
     hand = result["llama_server_aggregate_tps"]
     print(
@@ -96,7 +103,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Endpoint:
     name: str
     url: str
@@ -123,15 +130,24 @@ def split_for(info: ModelInfo, text: str | None) -> list[int]:
     return [thirds[2], thirds[0], thirds[1]]
 
 
+@dataclass
+class Started:
+    """A server process of the benchmark, the name it goes by and its log."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
 @contextlib.contextmanager
-def by_hand(argv: list[str], log: Path) -> Iterator[None]:
+def by_hand(argv: list[str], log: Path, name: str) -> Iterator[Started]:
     """llama-server started directly, as a user would, until the block ends."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     try:
-        yield
+        yield Started(name, proc, log)
     finally:
         proc.terminate()
         try:
@@ -141,15 +157,20 @@ def by_hand(argv: list[str], log: Path) -> Iterator[None]:
             proc.wait()
 
 
-async def wait_healthy(url: str, timeout: float = 120.0) -> None:
+async def wait_healthy(url: str, server: Started, timeout: float = 120.0) -> None:
+    """Until `url` answers /health; a server that exits meanwhile is reported at once."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2.0) as http:
         while time.monotonic() < deadline:
+            code = server.proc.poll()
+            if code is not None:
+                tail = server.log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise QuorumError(describe_exit(server.name, code, server.log, tail))
             with contextlib.suppress(httpx.HTTPError):
                 if (await http.get(f"{url}/health")).status_code == 200:
                     return
             await asyncio.sleep(0.1)
-    raise QuorumError(f"llama-server at {url} did not come up within {timeout:g}s")
+    raise QuorumError(f"{server.name} at {url} did not come up within {timeout:g}s")
 
 
 def hand_argv(model: Path, plan: LayerPlan, options: ServerOptions) -> list[str]:
@@ -251,14 +272,14 @@ async def long_prompt(http: httpx.AsyncClient, url: str, tokens: int) -> list[in
 @contextlib.contextmanager
 def quorum_serve(
     path: Path, workers: list[str], counts: list[int], port: int, log: Path
-) -> Iterator[None]:
+) -> Iterator[Started]:
     """`quorum serve` in a process of its own, exactly as a user runs it."""
     argv = [sys.executable, "-m", "quorum_tui", "serve", str(path), "--port", str(port)]
     argv += ["--split", ",".join(map(str, counts))]
     for endpoint in workers:
         argv += ["--worker", endpoint]
-    with by_hand(argv, log):
-        yield
+    with by_hand(argv, log, "quorum serve") as started:
+        yield started
 
 
 @contextlib.asynccontextmanager
@@ -276,22 +297,33 @@ async def servers(
     )
     hand_plan = LayerPlan.from_counts(info.n_layers, counts, theirs)
     alone = ServerOptions(port=free_port(), ctx=settings.ctx, slots=settings.slots, threads=cores())
+    plain = replace(alone, port=free_port(), repack=False)
     single = LayerPlan.from_counts(info.n_layers, [info.n_layers], [])
     port = free_port()
     try:
         with (
-            quorum_serve(path, [w.endpoint for w in ours], counts, port, log_dir / "quorum.log"),
-            by_hand(hand_argv(path, hand_plan, options), log_dir / "by-hand.log"),
-            by_hand(hand_argv(path, single, alone), log_dir / "one-process.log"),
+            quorum_serve(
+                path, [w.endpoint for w in ours], counts, port, log_dir / "quorum.log"
+            ) as quorum,
+            by_hand(
+                hand_argv(path, hand_plan, options), log_dir / "by-hand.log", "llama-server"
+            ) as hand,
+            by_hand(
+                hand_argv(path, single, alone), log_dir / "one-process.log", "one process"
+            ) as one,
+            by_hand(
+                hand_argv(path, single, plain), log_dir / "no-repack.log", "--no-repack"
+            ) as no_repack,
         ):
-            endpoints = [
-                Endpoint("quorum", f"http://127.0.0.1:{port}"),
-                Endpoint("by_hand", f"http://127.0.0.1:{options.port}"),
-                Endpoint("single", f"http://127.0.0.1:{alone.port}"),
-            ]
-            for endpoint in endpoints:
-                await wait_healthy(endpoint.url)
-            yield endpoints, threads
+            started = {
+                Endpoint("quorum", f"http://127.0.0.1:{port}"): quorum,
+                Endpoint("by_hand", f"http://127.0.0.1:{options.port}"): hand,
+                Endpoint("single", f"http://127.0.0.1:{alone.port}"): one,
+                Endpoint("no_repack", f"http://127.0.0.1:{plain.port}"): no_repack,
+            }
+            for endpoint, server in started.items():
+                await wait_healthy(endpoint.url, server)
+            yield list(started), threads
     finally:
         await asyncio.to_thread(cluster.stop)
 
@@ -312,13 +344,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ):
         long = await long_prompt(http, endpoints[0].url, args.prompt_tokens)
         for r in range(args.rounds):
-            order = endpoints[r % 3 :] + endpoints[: r % 3]
+            turn = r % len(endpoints)
+            order = endpoints[turn:] + endpoints[:turn]
             row: dict[str, Any] = {"order": [e.name for e in order]}
             for e in order:
                 row[f"{e.name}_tps"] = await decode_tps(http, e.url, prompt, args.tokens)
                 row[f"{e.name}_ttft_long_s"] = await ttft(http, e.url, long)
             for e in order:
-                if e.name == "single":
+                if e.name in ("single", "no_repack"):
                     continue
                 row[f"{e.name}_aggregate"] = {
                     str(k): await aggregate(http, e.url, k, args.tokens) for k in CLIENTS
@@ -343,6 +376,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "quorum_tps": median("quorum_tps"),
         "llama_server_tps": median("by_hand_tps"),
         "single_tps": median("single_tps"),
+        "single_no_repack_tps": median("no_repack_tps"),
+        "ratio_repack": statistics.median(r["single_tps"] / r["no_repack_tps"] for r in rounds),
+        "cpu_kernels": cpu_verdict().summary(),
         "ratio_tps": statistics.median(r["quorum_tps"] / r["by_hand_tps"] for r in rounds),
         "ttft_long_s": median("quorum_ttft_long_s"),
         "llama_server_ttft_long_s": median("by_hand_ttft_long_s"),

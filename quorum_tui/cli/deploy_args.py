@@ -141,9 +141,11 @@ class DeployPrinter:
         elif isinstance(event, Planned) and event.explanation is not None:
             for line in event.explanation.lines():
                 print(line, file=self.out)
-        elif isinstance(event, Loading) and self.loading:
-            print(f"loading with plan: {event.plan.summary()} (log: {event.log_path})",
-                  file=self.out)  # fmt: skip
+        elif isinstance(event, Loading):
+            if self.loading:
+                print(f"loading with plan: {event.plan.summary()} (log: {event.log_path})",
+                      file=self.out)  # fmt: skip
+            print(event.cpu, file=self.out)
         elif isinstance(event, Loaded) and self.loading:
             print(f"loaded in {event.load_s:.2f}s; llama.cpp realized the plan exactly",
                   file=self.out)  # fmt: skip

@@ -27,7 +27,9 @@ from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts, probe_host
 from quorum_tui.cluster.inventory import HostConfig, Inventory
 from quorum_tui.cluster.runtime import app_tarball, ensure_runtime, runtime_current
 from quorum_tui.cluster.sessions import HostSession, connect
+from quorum_tui.cluster.shipped import llama_archive
 from quorum_tui.cluster.tunnels import Tunnel, open_openssh_tunnel, open_tunnel
+from quorum_tui.engine.exits import describe_exit
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.probe import probe_async
 from quorum_tui.errors import QuorumError
@@ -211,7 +213,9 @@ class _Pipeline:
             self.result.pid = status.pid
             self.emit("worker-up", f"worker running ({status.detail})")
         else:
-            self.emit("worker-down", "no worker running (`quorum up` starts one)")
+            end = await launch.worker_end(session, self.result.host.rpc_port)
+            last = f"; {end}" if end else ""
+            self.emit("worker-down", f"no worker running (`quorum up` starts one){last}")
 
     async def _down(self) -> None:
         session = self.result.session
@@ -235,7 +239,7 @@ class _Pipeline:
             return None
         assert facts is not None
         if runtime_current(facts):
-            return facts.runtime_python
+            return facts.launcher
         self.emit("installing", f"installing the worker runtime in {facts.runtime_dir}")
         return await ensure_runtime(session, facts, self.line)
 
@@ -299,8 +303,8 @@ class _Pipeline:
             await launch.stop_worker(session, host.rpc_port)
             started = None
         if started is None:
-            python = await self._runtime(self.result.facts)
-            started = await launch.start_worker(session, bind, python)
+            launcher = await self._runtime(self.result.facts)
+            started = await launch.start_worker(session, bind, launcher)
         self.result.pid = started.pid
         if started.outcome == "exited":
             raise HostFailure("worker-down", _exited(started.log, started.tail))
@@ -312,7 +316,8 @@ class _Pipeline:
 
     async def _probe_and_start(self, session: HostSession, bind: str) -> launch.Started | None:
         try:
-            answer = await launch.probe_and_start(session, bind, app_tarball()[1])
+            archive = await asyncio.to_thread(llama_archive)
+            answer = await launch.probe_and_start(session, bind, app_tarball()[1], archive.id)
         except HostFailure:
             if not self.result.host.rpc_server:
                 raise
@@ -385,7 +390,13 @@ async def _settle(opened: float) -> None:
 
 
 def _exited(log: str, lines: list[str]) -> str:
-    shown = "\n".join(f"    {line}" for line in lines)
+    """A worker that ended during its start, in words: its exit status (which the runtime's
+    worker command writes to the log) and the log's last lines."""
+    code = launch.exit_status(lines)
+    shown = "\n".join(f"    {line}" for line in lines if not line.startswith(launch.EXIT_MARK))
+    if code is not None:
+        how = describe_exit("the worker", code)
+        return f"{how}, at its start; the last lines of {log or 'its log'}:\n{shown}"
     return f"the worker exited at start; the last lines of {log or 'its log'}:\n{shown}"
 
 
@@ -459,7 +470,8 @@ async def supervise(
             elif status.status == "running":
                 return
             else:
-                reason = "the worker process is gone; restarting it"
+                end = await launch.worker_end(r.session, r.host.rpc_port)
+                reason = f"{end or 'the worker process is gone'}; restarting it"
         except HostFailure as exc:
             reason = f"{exc.reason}; reconnecting"
         await bring_back(cluster, index, options, reason, prompt)

@@ -27,15 +27,15 @@ PROBE_SH = (
     '[ -r /proc/loadavg ] && echo "load=$(cut -d" " -f1-3 /proc/loadavg)"; '
     "command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,"
     "memory.free --format=csv,noheader,nounits 2>/dev/null | sed 's/^/gpu=/'; "
-    f'rt="$c/{RUNTIME_NAME}"; py="$rt/venv/bin/python"; p="$py"; '
-    '[ -x "$p" ] || p=$(command -v python3 2>/dev/null); '
+    'echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null)"; '
+    f'rt="$c/{RUNTIME_NAME}"; py="$rt/worker"; p=$(command -v python3 2>/dev/null); '
     'if [ -n "$p" ]; then echo "python_path=$p"; echo "python=$("$p" -V 2>&1)"; fi; '
     'echo "cache_dir=$c"; echo "home=$HOME"; '
     '[ -f "$rt/runtime.json" ] && echo "runtime=$(cat "$rt/runtime.json")"; '
 )
 """Facts as `key=value` lines, in POSIX sh: no remote Python process (the local side parses).
 
-Expects `$c` (CACHE_SH); leaves `$rt` (the runtime dir) and `$py` (its python) set.
+Expects `$c` (CACHE_SH); leaves `$rt` (the runtime dir) and `$py` (its worker launcher) set.
 """
 
 
@@ -63,6 +63,8 @@ class HostFacts:
     gpus: tuple[GpuInfo, ...] = field(default_factory=tuple)
     release: str = ""
     worker_pid: int | None = None
+    glibc: str = ""
+    """The C library's version when it is glibc ("2.36"), else empty."""
 
     @property
     def runtime_dir(self) -> str:
@@ -75,8 +77,9 @@ class HostFacts:
         return rt.get("protocol") == PROTOCOL_TEXT and bool(rt.get("rpc"))
 
     @property
-    def runtime_python(self) -> str:
-        return f"{self.runtime_dir}/venv/bin/python"
+    def launcher(self) -> str:
+        """The runtime's worker command (sh), written by its install."""
+        return f"{self.runtime_dir}/worker"
 
     def summary(self) -> str:
         gpus = ", ".join(g.name for g in self.gpus) or "no GPU"
@@ -150,6 +153,7 @@ def parse_facts(lines: list[str]) -> HostFacts:
         runtime=runtime if isinstance(runtime, dict) else None,
         gpus=tuple(gpus),
         worker_pid=_int(data.get("worker")) or None,
+        glibc=data.get("glibc", "").removeprefix("glibc ").strip(),
     )
 
 

@@ -21,6 +21,7 @@ from quorum_tui.cluster.events import HostFailure
 from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts, worker_alive, worker_files
 from quorum_tui.cluster.inventory import HostConfig
 from quorum_tui.cluster.sessions import HostSession
+from quorum_tui.engine.exits import describe_exit, shell_status_code
 
 LOG_TAIL = 12
 START_WAIT = 10.0
@@ -36,20 +37,17 @@ class RemoteWorker:
     detail: str
 
 
-def worker_command(host: HostConfig, bind: str, python_sh: str | None) -> str:
+def worker_command(host: HostConfig, bind: str, launcher_sh: str | None) -> str:
     """The remote command line of the worker (sh syntax, uses $c and $log).
 
-    `python_sh` is the runtime's python as a sh word (already quoted).
+    `launcher_sh` is the runtime's worker command as a sh word (already quoted).
     """
     port = host.rpc_port
     if host.rpc_server:
         cmd = f"{shlex.quote(host.rpc_server)} -H {bind} -p {port} -c"
         return cmd + (f" -t {host.threads}" if host.threads else "")
-    assert python_sh is not None
-    cmd = (
-        f"{python_sh} -m quorum_tui.cluster.agent --host {bind} --port {port} "
-        '--cache "$c/rpc-cache" --log "$log"'
-    )
+    assert launcher_sh is not None
+    cmd = f'{launcher_sh} --host {bind} --port {port} --cache "$c/rpc-cache" --log "$log"'
     return cmd + (f" --threads {host.threads}" if host.threads else "")
 
 
@@ -74,6 +72,23 @@ class Started:
     tail: list[str]
 
 
+START_LINE = "quorum starts the worker"
+"""Ends the line written to the log before each start."""
+EXIT_MARK = "quorum: the worker exited with status "
+"""What the runtime's worker command writes to the log when the worker ends."""
+
+
+def exit_status(lines: list[str]) -> int | None:
+    """The return code (negative for a signal) of the last start's worker in log `lines`."""
+    for line in reversed(lines):
+        text = line.rstrip("\r")
+        if text.startswith(EXIT_MARK) and text[len(EXIT_MARK) :].strip().isdigit():
+            return shell_status_code(int(text[len(EXIT_MARK) :]))
+        if text.endswith(START_LINE):
+            return None
+    return None
+
+
 START_MARKS = ("quorum worker on", "Starting RPC server")
 """Printed just before the server binds: by `quorum worker`, and by ggml (upstream binaries)."""
 
@@ -88,7 +103,7 @@ def start_sh(cmd: str, wait: float = START_WAIT) -> str:
     marks = " ".join(f'-e "{mark}"' for mark in START_MARKS)
     return (
         'mkdir -p "$d" "$c/rpc-cache"; touch "$log"; size=$(wc -c < "$log"); '
-        'echo "--- $(date) quorum starts the worker" >> "$log"; '
+        f'echo "--- $(date) {START_LINE}" >> "$log"; '
         "if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi; "
         f'(nohup $s {cmd} >> "$log" 2>&1 < /dev/null & echo $! > "$pidf"); '
         'pid=$(cat "$pidf"); echo "start=started $pid"; echo "log=$log"; i=0; '
@@ -119,14 +134,14 @@ def parse_start(lines: list[str]) -> Started | None:
 
 
 async def start_worker(
-    session: HostSession, bind: str, python: str | None, wait: float = START_WAIT
+    session: HostSession, bind: str, launcher: str | None, wait: float = START_WAIT
 ) -> Started:
     """Start the worker detached and wait (up to `wait` s) until it starts serving or dies.
 
     One remote command; a running worker is left alone ("running").
     """
     host = session.host
-    cmd = worker_command(host, bind, shlex.quote(python) if python else None)
+    cmd = worker_command(host, bind, shlex.quote(launcher) if launcher else None)
     script = (
         f"{worker_files(host.rpc_port)}; "
         f'if {worker_alive(host.rpc_port)}; then echo "start=running $pid"; exit 0; fi; '
@@ -141,14 +156,17 @@ async def start_worker(
     return started
 
 
-def runtime_ready_sh(app_hash: str) -> str:
-    """sh condition (after the probe): runtime.json names this protocol, RPC and code hash.
+def runtime_ready_sh(app_hash: str, llama_id: str) -> str:
+    """sh condition (after the probe): runtime.json names this protocol, RPC, code hash and
+    shipped build (or a build compiled on the host).
 
     Matches what the install script's json.dump writes; a mismatch only costs the bring-up
     a second command, the authoritative check being `runtime.runtime_current` on the facts.
     """
     needles = (f'"protocol": "{PROTOCOL_TEXT}"', '"rpc": true', f'"app": "{app_hash}"')
     checks = "; ".join(f"case $j in *{shlex.quote(n)}*) ;; *) j= ;; esac" for n in needles)
+    build = shlex.quote(f'"llama": "{llama_id}"'), shlex.quote('"kind": "source"')
+    checks += f"; case $j in *{build[0]}*|*{build[1]}*) ;; *) j= ;; esac"
     return f'{{ j=$(cat "$rt/runtime.json" 2>/dev/null); {checks}; [ -n "$j" ] && [ -x "$py" ]; }}'
 
 
@@ -160,13 +178,15 @@ class BringUpAnswer:
     started: Started | None
 
 
-def bring_up_script(host: HostConfig, bind: str, app_hash: str, wait: float = START_WAIT) -> str:
+def bring_up_script(
+    host: HostConfig, bind: str, app_hash: str, llama_id: str, wait: float = START_WAIT
+) -> str:
     """Probe, then start the worker unless one runs or the runtime must be installed first."""
     if host.rpc_server:
         ready = f"[ -x {shlex.quote(host.rpc_server)} ]"
         cmd = worker_command(host, bind, None)
     else:
-        ready = runtime_ready_sh(app_hash)
+        ready = runtime_ready_sh(app_hash, llama_id)
         cmd = worker_command(host, bind, '"$py"')
     return (
         f"{hostprobe.probe_command(host.rpc_port)}; "
@@ -176,10 +196,10 @@ def bring_up_script(host: HostConfig, bind: str, app_hash: str, wait: float = ST
 
 
 async def probe_and_start(
-    session: HostSession, bind: str, app_hash: str, wait: float = START_WAIT
+    session: HostSession, bind: str, app_hash: str, llama_id: str, wait: float = START_WAIT
 ) -> BringUpAnswer:
     """Run `bring_up_script` (with a pty, as the connection's first command: see `tunnels`)."""
-    script = bring_up_script(session.host, bind, app_hash, wait)
+    script = bring_up_script(session.host, bind, app_hash, llama_id, wait)
     result = await session.run(script, timeout=wait + 30, pty=True)
     lines = str(result.stdout or "").splitlines()
     try:
@@ -199,6 +219,15 @@ async def stop_worker(session: HostSession, port: int) -> bool:
     )
     out = str((await session.run(script)).stdout or "").strip()
     return out == "stopped"
+
+
+async def worker_end(session: HostSession, port: int) -> str | None:
+    """How the worker on `port` last ended, in words, from its log (None: it does not say)."""
+    tail = await log_tail(session, port)
+    if not tail:
+        return None
+    code = exit_status(tail[1:])
+    return describe_exit("the worker", code, tail[0]) if code is not None else None
 
 
 async def log_tail(session: HostSession, port: int, lines: int = LOG_TAIL) -> list[str]:

@@ -1,13 +1,18 @@
-"""The worker runtime on a host: a venv with llama-cpp-python built with RPC, plus this package.
+"""The worker runtime on a host: llama.cpp's worker libraries plus this package's code.
 
 Layout under the remote cache dir (`$QUORUM_CACHE_DIR`, else `$XDG_CACHE_HOME/quorum`, else
-`~/.cache/quorum`): `runtime-<version>/venv` (python3 -m venv), `app/quorum_tui` (this
-package's code, uploaded as a tarball), `runtime.json` (written last: protocol, llama version,
-RPC verified, code hash) and `install.log`. Installs on a shared home directory are serialised
-with a file lock.
+`~/.cache/quorum`), in `runtime-<version>/`:
+- `llama-<id>/`: the shipped runtime (cluster.shipped), unpacked and each file checked against
+  its manifest; or, on a host it does not fit, `venv/` with llama-cpp-python compiled there;
+- `app/`: this package's code (and platformdirs, its one dependency on a worker);
+- `worker`: the command that runs the worker (`python3 -m quorum_tui.cluster.agent`, with the
+  build to use), recording the status it exits with in the worker's log;
+- `runtime.json` (written last) and `install.log`.
+Installs on a shared home directory are serialised with a file lock. Before the runtime counts
+as installed, its worker command proves which CPU backend the host really runs (--check).
 
-The tarball goes over SFTP or, where sshd has no SFTP subsystem, down the stdin of `cat` on an
-exec channel. Either way it lands as `NAME.part`, the host checks its sha256 (`sha256sum`, else
+Uploads go over SFTP or, where sshd has no SFTP subsystem, down the stdin of `cat` on an exec
+channel. Either way a file lands as `NAME.part`, the host checks its sha256 (`sha256sum`, else
 python3) and only then renames it into place; a mismatch deletes it.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import io
 import secrets
 import shlex
@@ -29,23 +35,46 @@ import asyncssh
 from quorum_tui.cluster.events import HostFailure
 from quorum_tui.cluster.hostprobe import PROTOCOL_TEXT, HostFacts
 from quorum_tui.cluster.sessions import HostSession, command_failures
+from quorum_tui.cluster.shipped import LLAMA_VERSION, LlamaArchive, llama_archive
 
-LLAMA_VERSION = "0.3.36"
-EXTRA_PACKAGES = ("platformdirs",)
 TAIL_LINES = 15
 UPLOAD_TIMEOUT = 300.0
 MISMATCH = 3
 HASH_PY = "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+APP_PACKAGES = ("quorum_tui", "platformdirs")
+"""The Python packages a worker imports; platformdirs is pure Python."""
+SOURCE_CMAKE = "-DGGML_RPC=on -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
+
+LAUNCHER = """#!/bin/sh
+# Quorum's worker on this host. It runs as this shell's child, which forwards a stop to it,
+# and writes how it ended to the log (a signal shows as 128 + its number); the worker ends
+# with this shell (--exit-with-parent).
+trap 'kill -TERM $child 2>/dev/null' TERM INT HUP
+@ENV@ @PYTHON@ -m quorum_tui.cluster.agent --exit-with-parent "$@" &
+child=$!
+wait $child
+status=$?
+while kill -0 $child 2>/dev/null; do wait $child; status=$?; done
+echo "quorum: the worker exited with status $status"
+exit $status
+"""
 
 INSTALL_SCRIPT = r"""
-import fcntl, json, os, subprocess, sys, tarfile
-rt, tarball, app_hash, cuda, llama, protocol, extras = sys.argv[1:8]
+import fcntl, hashlib, json, os, shutil, subprocess, sys, sysconfig, tarfile
+rt, kind, archive, llama_id, app_tar, app_hash, cuda, llama, protocol, why = sys.argv[1:11]
+LAUNCHER = @LAUNCHER@
 os.makedirs(rt, exist_ok=True)
 log = open(os.path.join(rt, "install.log"), "a")
 def say(text):
     print(text, flush=True)
     log.write(text + "\n")
     log.flush()
+def fail(text, code=1):
+    say(text)
+    for upload in (archive, app_tar):
+        if upload and os.path.exists(upload):
+            os.remove(upload)
+    sys.exit(code)
 def run(cmd, env=None):
     say("$ " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -53,8 +82,19 @@ def run(cmd, env=None):
     for line in proc.stdout:
         say(line.rstrip())
     if proc.wait():
-        say("failed with exit status %d" % proc.returncode)
-        sys.exit(1)
+        fail("failed with exit status %d" % proc.returncode)
+def unpack(tar_path, dest):
+    with tarfile.open(tar_path) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 lock = open(os.path.join(rt, ".lock"), "w")
 try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,62 +106,96 @@ try:
     meta = json.load(open(meta_path))
 except (OSError, ValueError):
     meta = {}
-py = os.path.join(rt, "venv", "bin", "python")
-if not (meta.get("protocol") == protocol and meta.get("rpc") and os.path.exists(py)):
-    meta = {}
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    run([sys.executable, "-m", "venv", "--clear", os.path.join(rt, "venv")])
-    cmake = "-DGGML_RPC=on" + (" -DGGML_CUDA=on" if cuda == "1" else "")
-    env = {"CMAKE_ARGS": cmake, "PIP_PROGRESS_BAR": "off"}
-    run([py, "-m", "pip", "install", "llama-cpp-python==" + llama] + extras.split(), env)
-    check = "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_rpc() else 3)"
-    if subprocess.run([py, "-c", check]).returncode:
-        say("the installed llama-cpp-python has no RPC (a cached wheel?): rebuilding")
-        run([py, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
-             "llama-cpp-python==" + llama], env)
-        if subprocess.run([py, "-c", check]).returncode:
-            say("llama-cpp-python still lacks RPC support")
-            sys.exit(1)
-    meta = {"protocol": protocol, "llama_cpp": llama, "rpc": True, "cuda": cuda == "1"}
-if meta.get("app") != app_hash:
+if os.path.exists(meta_path):
+    os.remove(meta_path)
+if kind == "shipped":
+    build = os.path.join(rt, "llama-" + llama_id)
+    python = sys.executable
+    if not os.path.isdir(build) and not archive:
+        fail("the shipped runtime %s is missing here: bring the host up again to upload it" %
+             llama_id, 6)
+    if not os.path.isdir(build):
+        say("unpacking the shipped llama.cpp runtime (%s)" % llama_id)
+        tmp = build + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unpack(archive, tmp)
+        files = json.load(open(os.path.join(tmp, "manifest.json")))["files"]
+        bad = [n for n, want in sorted(files.items()) if sha256(os.path.join(tmp, n)) != want]
+        if bad:
+            shutil.rmtree(tmp, ignore_errors=True)
+            fail("the shipped runtime is corrupt (%s do not match the manifest): deleted" %
+                 ", ".join(bad), 4)
+        os.rename(tmp, build)
+    for old in os.listdir(rt):
+        if (old.startswith("llama-") and old != os.path.basename(build)) or old == "venv":
+            shutil.rmtree(os.path.join(rt, old), ignore_errors=True)
+    if archive:
+        os.remove(archive)
+else:
+    say("compiling llama.cpp on this host, because " + why)
+    venv = os.path.join(rt, "venv")
+    python = os.path.join(venv, "bin", "python")
+    built = meta.get("kind") == "source" and meta.get("protocol") == protocol
+    if not built or not os.path.exists(python):
+        run([sys.executable, "-m", "venv", "--clear", venv])
+        cmake = "__SOURCE_CMAKE__" + (" -DGGML_CUDA=on" if cuda == "1" else "")
+        run([python, "-m", "pip", "install", "--no-cache-dir", "llama-cpp-python==" + llama],
+            {"CMAKE_ARGS": cmake, "PIP_PROGRESS_BAR": "off"})
+    where = "import sysconfig; print(sysconfig.get_paths()['platlib'])"
+    build = subprocess.run([python, "-c", where], capture_output=True, text=True,
+                           check=True).stdout.strip()
+if meta.get("app") != app_hash or not os.path.isdir(os.path.join(rt, "app")):
     say("unpacking Quorum's code (%s)" % app_hash[:12])
     app = os.path.join(rt, "app")
-    subprocess.run(["rm", "-rf", app])
-    with tarfile.open(tarball) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(app, filter="data")
-        else:
-            tar.extractall(app)
-    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    open(os.path.join(site, "quorum-app.pth"), "w").write(app + "\n")
-    meta["app"] = app_hash
+    shutil.rmtree(app, ignore_errors=True)
+    unpack(app_tar, app)
+os.remove(app_tar)
+launcher = os.path.join(rt, "worker")
+def quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+env = "PYTHONPATH=%s QUORUM_LLAMA_BUILD=%s" % (quote(os.path.join(rt, "app")), quote(build))
+with open(launcher + ".tmp", "w") as f:
+    f.write(LAUNCHER.replace("@ENV@", env).replace("@PYTHON@", quote(python)))
+os.chmod(launcher + ".tmp", 0o755)
+os.replace(launcher + ".tmp", launcher)
+check = subprocess.run([launcher, "--check"], capture_output=True, text=True)
+lines = [line for line in (check.stdout + check.stderr).splitlines()
+         if line.strip() and not line.startswith("quorum: the worker exited")]
+if check.returncode != 0:
+    fail("the runtime does not run on this host: " + (lines[-1] if lines else "no output"), 5)
+say(lines[-1])
+meta = {"protocol": protocol, "llama_cpp": llama, "rpc": True, "cuda": cuda == "1", "kind": kind,
+        "llama": llama_id if kind == "shipped" else "", "app": app_hash, "cpu": lines[-1]}
 json.dump(meta, open(meta_path + ".tmp", "w"))
 os.replace(meta_path + ".tmp", meta_path)
-os.remove(tarball)
 del lock
 say("runtime ready: %s" % rt)
-"""
+""".replace("__SOURCE_CMAKE__", SOURCE_CMAKE).replace("@LAUNCHER@", repr(LAUNCHER))
 
 
 @cache
 def app_tarball() -> tuple[bytes, str]:
-    """This package's code (no caches) as a tar.gz, and its content hash."""
-    root = Path(__file__).resolve().parents[1]
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix in {".py", ".tcss", ".typed"}
-    )
+    """The code a worker runs (this package, platformdirs; no caches) as a tar.gz, and its
+    content hash."""
+    files: list[tuple[str, Path]] = []
+    for package in APP_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.origin is not None
+        root = Path(spec.origin).parent
+        files += [
+            (str(Path(package) / p.relative_to(root)), p)
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+            and "__pycache__" not in p.parts
+            and p.suffix in {".py", ".tcss", ".typed"}
+        ]
     digest = hashlib.sha256()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in files:
-            rel = Path("quorum_tui") / path.relative_to(root)
+        for rel, path in files:
             data = path.read_bytes()
-            digest.update(str(rel).encode() + b"\0" + data)
-            info = tarfile.TarInfo(str(rel))
+            digest.update(rel.encode() + b"\0" + data)
+            info = tarfile.TarInfo(rel)
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -129,28 +203,52 @@ def app_tarball() -> tuple[bytes, str]:
 
 
 def runtime_current(facts: HostFacts) -> bool:
-    return facts.runtime_ok and (facts.runtime or {}).get("app") == app_tarball()[1]
+    """The host's runtime is installed, proven, and of this code and (where it fits) build."""
+    rt = facts.runtime or {}
+    if not facts.runtime_ok or rt.get("app") != app_tarball()[1]:
+        return False
+    if rt.get("kind") == "source":
+        return _unfit(facts) is not None
+    return rt.get("llama") == llama_archive().id
+
+
+def _unfit(facts: HostFacts) -> str | None:
+    return llama_archive().unfit(facts)
 
 
 async def ensure_runtime(
     session: HostSession, facts: HostFacts, on_line: Callable[[str], None]
 ) -> str:
-    """Install or update the runtime if needed; return the runtime's python."""
+    """Install or update the runtime if needed; return its worker command."""
     if runtime_current(facts):
-        return facts.runtime_python
+        return facts.launcher
     if facts.python is None or facts.python_path is None:
-        raise HostFailure("worker-down", "the host has no python3 to build a worker runtime with")
+        raise HostFailure("worker-down", "the host has no python3 to run a worker with")
+    archive = await asyncio.to_thread(llama_archive)
+    why = archive.unfit(facts)
     data, digest = app_tarball()
-    tarball = f"{facts.runtime_dir}/upload-{digest[:12]}-{secrets.token_hex(4)}.tar.gz"
+    token = secrets.token_hex(4)
+    tarball = f"{facts.runtime_dir}/upload-{digest[:12]}-{token}.tar.gz"
     await upload(session, tarball, data, on_line)
+    shipped = ""
+    rt = facts.runtime or {}
+    if why is None and (rt.get("llama") != archive.id or rt.get("kind") != "shipped"):
+        shipped = f"{facts.runtime_dir}/llama-{archive.id}-{token}.tar.gz"
+        on_line(f"shipping the llama.cpp runtime ({archive.path.stat().st_size / 2**20:.1f} MiB)")
+        await upload_archive(session, shipped, archive, on_line)
+    elif why is not None:
+        on_line(f"compiling llama.cpp on the host, because {why}")
     args = [
         facts.runtime_dir,
+        "shipped" if why is None else "source",
+        shipped,
+        archive.id,
         tarball,
         digest,
         "1" if facts.gpus else "0",
         LLAMA_VERSION,
         PROTOCOL_TEXT,
-        " ".join(EXTRA_PACKAGES),
+        why or "",
     ]
     command = f"python3 -u -c {shlex.quote(INSTALL_SCRIPT)} " + " ".join(map(shlex.quote, args))
     status, lines = await session.stream(command, on_line)
@@ -161,17 +259,31 @@ async def ensure_runtime(
             f"installing the worker runtime in {facts.runtime_dir} failed "
             f"(exit {status}); the last lines of {facts.runtime_dir}/install.log:\n{tail}",
         )
-    return facts.runtime_python
+    return facts.launcher
+
+
+async def upload_archive(
+    session: HostSession, path: str, archive: LlamaArchive, on_line: Callable[[str], None]
+) -> None:
+    """The shipped runtime to `path` on the host, checked against the sha256 it was packed
+    with (not one taken as it is sent)."""
+    data = await asyncio.to_thread(archive.path.read_bytes)
+    await upload(session, path, data, on_line, archive.sha256)
 
 
 async def upload(
-    session: HostSession, path: str, data: bytes, on_line: Callable[[str], None]
+    session: HostSession,
+    path: str,
+    data: bytes,
+    on_line: Callable[[str], None],
+    want: str | None = None,
 ) -> Literal["sftp", "exec"]:
-    """Put `data` at `path` on the host, checked by sha256; return the channel it took.
+    """Put `data` at `path` on the host, checked against sha256 `want` (by default the data's
+    own); return the channel it took.
 
     SFTP first; a host without it (or whose SFTP fails) gets the bytes on the stdin of `cat`.
     """
-    want = hashlib.sha256(data).hexdigest()
+    want = want or hashlib.sha256(data).hexdigest()
     part = f"{path}.part"
     folder = path.rpartition("/")[0] or "/"
     verify = _verify_script(part, path, want)
@@ -226,7 +338,7 @@ def _check(done: asyncssh.SSHCompletedProcess, part: str, want: str) -> None:
         got = _text(done.stdout)
         raise HostFailure(
             "worker-down",
-            f"the upload of Quorum's code did not arrive intact: {part} had sha256 "
+            f"the upload of {part.rpartition('/')[2]} did not arrive intact: it had sha256 "
             f"{got[:16]}, not {want[:16]}; it was deleted and nothing was installed. Retry; "
             "if it happens again, check the host's disk in that directory (space, errors)",
         )

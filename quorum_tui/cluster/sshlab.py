@@ -31,43 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quorum_tui.cluster.runtime import EXTRA_PACKAGES, LLAMA_VERSION
 from quorum_tui.engine.localcluster import free_port
 from quorum_tui.errors import QuorumError
 
 SSHD = "/usr/sbin/sshd"
 IS_ROOT = os.geteuid() == 0
 _LABS = itertools.count()
-
-
-RUNTIME_DEPS = ("numpy", "jinja2", "markupsafe", "diskcache", "typing-extensions")
-
-
-def build_wheelhouse(house: Path) -> Path:
-    """Wheels for the lab hosts' runtime installs (the namespaces have no internet).
-
-    llama-cpp-python's wheel is the RPC build `make install` keeps in the venv's wheelhouse
-    (or, failing that, pip's wheel cache), so nothing compiles llama.cpp; its small
-    dependencies are downloaded once.
-    """
-    house.mkdir(parents=True, exist_ok=True)
-    if not list(house.glob("llama_cpp_python-*.whl")):
-        pattern = f"llama_cpp_python-{LLAMA_VERSION}-*.whl"
-        cached = sorted((Path(sys.prefix) / "wheelhouse").glob(pattern)) or sorted(
-            (Path.home() / ".cache" / "pip" / "wheels").rglob(pattern)
-        )
-        if not cached:
-            raise RuntimeError("no llama-cpp-python wheel in pip's cache: run `make install`")
-        shutil.copy(cached[-1], house)
-    if (house / ".complete").exists():
-        return house
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
-         "--dest", str(house), *RUNTIME_DEPS, *EXTRA_PACKAGES],
-        check=True,
-    )  # fmt: skip
-    (house / ".complete").touch()
-    return house
 
 
 TOOLS = {name: shutil.which(name) or name for name in ("ip", "tc", "ssh-keygen")}
@@ -192,7 +161,6 @@ class SshLab:
         self,
         root: Path,
         remote_cache: Path,
-        wheelhouse: Path,
         *,
         delay_ms: float = 0.0,
         rate_mbit: float | None = None,
@@ -201,13 +169,15 @@ class SshLab:
         self.delay_ms = delay_ms
         self.rate_mbit = rate_mbit
         self.remote_cache = remote_cache
+        root.mkdir(parents=True, exist_ok=True)
+        no_wheels = root / "no-wheels"
+        no_wheels.mkdir(exist_ok=True)
         self.base_env = {
             "QUORUM_CACHE_DIR": str(remote_cache),
             "PIP_CONFIG_FILE": "/dev/null",
             "PIP_NO_INDEX": "1",
-            "PIP_FIND_LINKS": str(wheelhouse),
+            "PIP_FIND_LINKS": str(no_wheels),
         }
-        root.mkdir(parents=True, exist_ok=True)
         self.client_key = keygen(root / "client_key")
         self.wrong_key = keygen(root / "wrong_key")
         self.authorized_keys = root / "authorized_keys"
@@ -510,16 +480,12 @@ def temporary_lab(
 ) -> Iterator[tuple[SshLab, list[LabHost]]]:
     """`count` lab hosts for a benchmark (links shaped as `SshLab` says), torn down afterwards.
 
-    The runtime and wheels live under Quorum's cache dir so that later runs reuse them.
+    The hosts start with nothing installed: each bring-up ships them the runtime.
     """
-    from quorum_tui import paths
-
-    base = paths.ensure(paths.cache_dir() / "sshlab")
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         lab = SshLab(
             Path(tmp) / "lab",
-            paths.ensure(base / "remote-cache"),
-            build_wheelhouse(base / "wheelhouse"),
+            Path(tmp) / "remote-cache",
             delay_ms=delay_ms,
             rate_mbit=rate_mbit,
         )

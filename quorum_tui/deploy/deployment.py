@@ -39,9 +39,10 @@ from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.gateway import Gateway
 from quorum_tui.deploy.plans import PlanRequest, make_plan
 from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
+from quorum_tui.engine.cpucheck import CpuVerdict
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
-from quorum_tui.engine.llama_server import ServerOptions
+from quorum_tui.engine.llama_server import ServerOptions, server_binary
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import Explanation
@@ -108,6 +109,8 @@ class RunResult:
     realized: tuple[int, ...]
     load_s: float
     done: Completed
+    cpu: CpuVerdict | None
+    """The coordinator's CPU kernels (None: a llama-server of the user's)."""
     explanation: Explanation | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +136,8 @@ class RunResult:
             "load_s": self.load_s,
             "stop_type": self.done.stop_type,
             "failovers": list(self.done.failovers),
+            "cpu_kernels": self.cpu.summary() if self.cpu else None,
+            "cpu_variant": self.cpu.variant if self.cpu else None,
         }
         if self.explanation is not None:
             report["planner"] = self.explanation.to_json()
@@ -347,8 +352,14 @@ class Deployment:
             repack=self.settings.repack,
             speculation=speculation,
         )
+        binary = await asyncio.to_thread(server_binary)
         process = CoordinatorProcess(
-            prepared.path, prepared.plan, options, [len(r.devices) for r in results] or None
+            prepared.path,
+            prepared.plan,
+            options,
+            [len(r.devices) for r in results] or None,
+            binary=binary,
+            explain=self._worker_end,
         )
         running = _Running(process, prepared)
         self._running = running
@@ -377,6 +388,16 @@ class Deployment:
         running.follower = asyncio.create_task(self._follow(running, events))
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized))
         return gateway.url
+
+    async def _worker_end(self, worker: WorkerRef) -> str | None:
+        """How a worker this deployment started ended, when its process is gone."""
+        local = self.local
+        if local is None:
+            return None
+        for process in local.workers:
+            if process.ref == worker and not process.alive():
+                return process.death(tail_lines=0)
+        return None
 
     async def _gateway(self) -> Gateway:
         if self.gateway is None:
@@ -551,7 +572,7 @@ class Deployment:
                 done = item
         assert done is not None
         now = self._running or running
-        return RunResult(now.prepared.plan, now.realized, now.load_s, done)
+        return RunResult(now.prepared.plan, now.realized, now.load_s, done, now.process.cpu)
 
     async def close(self) -> None:
         """Stop the coordinator and the gateway; stop local workers, close SSH tunnels."""

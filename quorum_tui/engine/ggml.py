@@ -1,17 +1,18 @@
-"""ctypes access to the ggml backend registry bundled with llama-cpp-python.
+"""ctypes access to ggml's backend registry, with the backends this machine proved it runs.
 
-llama-cpp-python 0.3.36 has no working `rpc_servers` argument and ships no rpc-server binary,
-so both the worker and the coordinator reach ggml's RPC backend through its proc addresses.
-Importing this module loads llama.cpp; only worker and coordinator processes should.
+The build loads its backends at run time (engine.llamabuild); here they are loaded by path:
+RPC, any GPU backend, and the CPU variant the CPU check proved (engine.cpucheck), never the
+one ggml would pick by CPUID alone. Both the worker and the planner's measurement child use
+this; importing it loads ggml, which only those processes should.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
-from pathlib import Path
 
+from quorum_tui.engine.cpucheck import CpuVerdict, cpu_verdict
+from quorum_tui.engine.llamabuild import LlamaBuild
 from quorum_tui.errors import QuorumError
 
 DEVICE_CPU = 0
@@ -26,21 +27,18 @@ AddServer = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 
 
 @functools.cache
-def lib() -> ctypes.CDLL:
-    """libggml as loaded by llama_cpp, with the signatures used here declared."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or spec.origin is None:
-        raise QuorumError(
-            "llama-cpp-python is not installed in this Python: install it built with RPC "
-            "(`make` does, into .venv)"
-        )
-    # Not `import llama_cpp`: its Python side (numpy, jinja2) costs a worker ~0.3 CPU-s at
-    # start. libllama.so is the file llama_cpp itself loads, so a later import shares it.
-    libdir = Path(spec.origin).parent / "lib"
-    ctypes.CDLL(str(libdir / "libllama.so"), mode=ctypes.RTLD_GLOBAL).llama_backend_init()
-    # Wheels hold copies, not symlinks: libllama links the soname, so that copy is the live one.
-    path = next(p for p in (libdir / "libggml.so.0", libdir / "libggml.so") if p.exists())
-    ggml = ctypes.CDLL(str(path))
+def loaded() -> tuple[ctypes.CDLL, CpuVerdict]:
+    """libggml with its backends loaded, and the CPU verdict it was loaded by."""
+    build = LlamaBuild.installed()
+    verdict = cpu_verdict(build)
+    # The same files llama-cpp-python's bindings load (a second copy would be a second ggml).
+    ctypes.CDLL(str(build.libggml_base), mode=ctypes.RTLD_GLOBAL)
+    ggml = ctypes.CDLL(str(build.libggml), mode=ctypes.RTLD_GLOBAL)
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    for module in [*build.other_backends(), verdict.path]:
+        if not ggml.ggml_backend_load(str(module).encode()):
+            raise QuorumError(f"ggml could not load the backend {module}")
     ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
@@ -58,7 +56,11 @@ def lib() -> ctypes.CDLL:
     ggml.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
     ggml.ggml_backend_dev_description.restype = ctypes.c_char_p
     ggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
-    return ggml
+    return ggml, verdict
+
+
+def lib() -> ctypes.CDLL:
+    return loaded()[0]
 
 
 def rpc_reg() -> int:
@@ -66,8 +68,8 @@ def rpc_reg() -> int:
     reg = lib().ggml_backend_reg_by_name(b"RPC")
     if not reg:
         raise QuorumError(
-            "this llama-cpp-python was built without RPC: reinstall it with "
-            "CMAKE_ARGS=-DGGML_RPC=on (make install does this)"
+            "this llama.cpp build has no RPC backend (libggml-rpc.so): run `make` again, "
+            "which builds it with RPC"
         )
     return int(reg)
 

@@ -2,17 +2,19 @@
 
 The binary is built with the llama-cpp-python wheel from the same vendored llama.cpp as the
 workers' libraries (see the Makefile), so the RPC protocol and ggml's op table match exactly.
-This module is pure apart from finding the binary: a plan and options become an argv.
+This module is pure apart from finding the binary (and proving, once, which CPU backend goes
+beside it): a plan and options become an argv.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quorum_tui.engine.cpucheck import CpuVerdict, cpu_verdict
+from quorum_tui.engine.llamabuild import LlamaBuild
 from quorum_tui.engine.plan import LayerPlan, LlamaParams
 from quorum_tui.engine.speculation import Speculation
 from quorum_tui.errors import QuorumError
@@ -41,24 +43,27 @@ class ServerOptions:
     speculation: Speculation = field(default_factory=Speculation)
 
 
-def server_binary() -> Path:
-    """The llama-server that came with llama-cpp-python (or QUORUM_LLAMA_SERVER)."""
+@dataclass(frozen=True)
+class ServerBinary:
+    """The llama-server to run and the CPU kernels beside it (None: QUORUM_LLAMA_SERVER's,
+    which loads what it loads)."""
+
+    path: Path
+    cpu: CpuVerdict | None
+
+
+def server_binary() -> ServerBinary:
+    """The llama-server built with llama-cpp-python, beside the CPU backend this machine
+    proved it runs (the first call on a machine runs the check: blocking, under a second)."""
     override = os.environ.get(BINARY_ENV)
     if override:
         path = Path(override)
-    else:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or spec.origin is None:
-            raise QuorumError(
-                "llama-cpp-python is not installed in this Python: `make` installs it into .venv"
-            )
-        path = Path(spec.origin).parent.parent / "bin" / "llama-server"
-    if not os.access(path, os.X_OK):
-        raise QuorumError(
-            f"llama-server is missing at {path}: it is built with llama-cpp-python "
-            "(run `make` again; it rebuilds a wheel that lacks it)"
-        )
-    return path
+        if not os.access(path, os.X_OK):
+            raise QuorumError(f"{BINARY_ENV}={path} is not an executable file")
+        return ServerBinary(path, None)
+    build = LlamaBuild.installed()
+    verdict = cpu_verdict(build)
+    return ServerBinary(build.server_with(Path(verdict.path)), verdict)
 
 
 def device_names(device_counts: Sequence[int]) -> list[str]:
@@ -72,17 +77,18 @@ def server_argv(
     options: ServerOptions,
     device_counts: Sequence[int] | None = None,
     params: LlamaParams | None = None,
+    binary: Path | None = None,
 ) -> list[str]:
     """The llama-server command that serves `model` split as `plan`.
 
     `params` defaults to the plan's own llama.cpp parameters; `device_counts` gives each
-    worker's device count (one each when not given).
+    worker's device count (one each when not given); `binary` defaults to server_binary()'s.
     """
     counts = list(device_counts) if device_counts else [1] * len(plan.workers)
     params = params or plan.to_llama_params(counts if device_counts else None)
     argv = [
-        str(server_binary()),
-        "--model", str(model),
+        str(binary or server_binary().path),
+        "--model", str(Path(model).resolve()),
         "--host", options.host,
         "--port", str(options.port),
         "--ctx-size", str(options.ctx * options.slots),

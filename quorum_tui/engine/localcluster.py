@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quorum_tui.engine.exits import describe_exit
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.probe import probe
 from quorum_tui.errors import QuorumError
@@ -58,6 +59,12 @@ class LocalWorker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def death(self, tail_lines: int = 5) -> str:
+        """How the process ended, in words, with the last lines of its log."""
+        lines = self.log.read_text(errors="replace").strip().splitlines() if tail_lines else []
+        tail = lines[-tail_lines:] if tail_lines else []
+        return describe_exit(f"worker {self.name}", self.process.poll(), self.log, tail)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(sig)
@@ -73,7 +80,6 @@ class LocalCluster:
     workers: list[LocalWorker] = field(default_factory=list)
 
     def start(self, count: int, threads: int = 0, cache: Path | None = None) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for index in range(count):
             self.add(f"w{len(self.workers) + 1}", threads=threads, cache=cache, wait=False)
             del index
@@ -91,6 +97,7 @@ class LocalCluster:
         port: int = 0,
     ) -> LocalWorker:
         port = port or free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}-{port}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -134,8 +141,7 @@ def wait_ready(worker: LocalWorker, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not worker.alive():
-            tail = worker.log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise QuorumError(f"worker {worker.name} exited: {' | '.join(tail)}")
+            raise QuorumError(worker.death())
         if probe(worker.endpoint, timeout=1.0).ok:
             return
         time.sleep(0.1)

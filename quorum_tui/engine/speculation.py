@@ -50,7 +50,7 @@ class Speculation:
             assert self.draft is not None
             return [
                 "--spec-type", "draft-simple",
-                "--spec-draft-model", str(self.draft),
+                "--spec-draft-model", str(self.draft.resolve()),
                 "--spec-draft-device", "none",
                 "--spec-draft-ngl", "0",
                 "--spec-draft-n-max", str(DRAFT_MAX),

@@ -13,14 +13,23 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from quorum_tui import paths
-from quorum_tui.engine.llama_server import ServerOptions, server_argv
+from quorum_tui.engine.cpucheck import cpu_verdict, refuse_in_use
+from quorum_tui.engine.exits import describe_exit
+from quorum_tui.engine.llama_server import (
+    BINARY_ENV,
+    ServerBinary,
+    ServerOptions,
+    server_argv,
+    server_binary,
+)
+from quorum_tui.engine.llamabuild import LlamaBuild
 from quorum_tui.engine.loadlog import differences, realized_assignment
 from quorum_tui.engine.plan import LayerPlan, LlamaParams, WorkerRef
 from quorum_tui.engine.probe import ProbeResult, probe_all
@@ -61,11 +70,12 @@ def new_log_path(kind: str = "coordinator") -> Path:
 
 @dataclass(frozen=True)
 class Loading:
-    """llama-server started and is loading the model."""
+    """llama-server started and is loading the model; `cpu` names its CPU kernels."""
 
     plan: LayerPlan
     argv: tuple[str, ...]
     log_path: Path
+    cpu: str
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Ready:
 
 
 CoordinatorEvent = Loading | Loaded | Ready
+Explain = Callable[[WorkerRef], Awaitable[str | None]]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -96,6 +107,13 @@ def parse_metrics(text: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 out[name.removeprefix("llamacpp:")] = float(value)
     return out
+
+
+def _refuse_cpu_variant() -> str:
+    """llama-server died of SIGILL with the CPU variant the check had passed: refuse it."""
+    build = LlamaBuild.installed()
+    variant = cpu_verdict(build).variant
+    return refuse_in_use(build, variant, "llama-server died of SIGILL while using it")
 
 
 def _die_with_parent() -> None:
@@ -115,12 +133,19 @@ class CoordinatorProcess:
         device_counts: Sequence[int] | None = None,
         log_path: Path | None = None,
         params: LlamaParams | None = None,
+        binary: ServerBinary | None = None,
+        explain: Explain | None = None,
     ) -> None:
         self.model = Path(model)
         self.plan = plan
         self.options = options
         self.device_counts = list(device_counts) if device_counts else None
-        self.argv = server_argv(model, plan, options, device_counts, params)
+        binary = binary or server_binary()
+        self.cpu = binary.cpu
+        """The CPU kernels llama-server runs (None: a binary of the user's)."""
+        self.explain = explain
+        """How a worker found dead ended, when whoever started it knows (None otherwise)."""
+        self.argv = server_argv(model, plan, options, device_counts, params, binary.path)
         self.log_path = log_path or new_log_path()
         self.proc: asyncio.subprocess.Process | None = None
         self.last_error: str | None = None
@@ -137,6 +162,7 @@ class CoordinatorProcess:
 
     async def start(self) -> None:
         env = dict(os.environ, GGML_NO_BACKTRACE="1")
+        folder = Path(self.argv[0]).parent
         paths.ensure(self.log_path.parent)
         read_end, write_end = os.pipe()
         try:
@@ -146,6 +172,7 @@ class CoordinatorProcess:
                 stdout=write_end,
                 stderr=write_end,
                 env=env,
+                cwd=folder,
                 preexec_fn=_die_with_parent,
             )
         except BaseException:
@@ -166,7 +193,8 @@ class CoordinatorProcess:
         """
         assert self.proc is not None
         started = time.perf_counter()
-        yield Loading(self.plan, tuple(self.argv), self.log_path)
+        cpu = self.cpu.summary() if self.cpu else "CPU kernels: those of " + self.argv[0]
+        yield Loading(self.plan, tuple(self.argv), self.log_path, cpu)
         headers = (
             {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
         )
@@ -253,9 +281,12 @@ class CoordinatorProcess:
             if r.status in ("unreachable", "incompatible")
         ]  # fmt: skip
         self.dead = [w for w, _ in gone]
-        self.dead_workers = [
-            f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}" for w, r in gone
-        ]
+        named = []
+        for w, r in gone:
+            text = f"worker {w.name} ({w.endpoint}) is {r.status}: {r.reason}"
+            how = await self.explain(w) if self.explain else None
+            named.append(f"{text} ({how})" if how else text)
+        self.dead_workers = named
         return self.dead_workers
 
     @property
@@ -294,11 +325,13 @@ class CoordinatorProcess:
         if self.pump is not None:
             await asyncio.to_thread(self.pump.join, 2.0)
         code = self.returncode
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if self.dead_workers or code:
             dead = self.dead_workers or await self._find_dead_workers()
             if dead:
                 return "the coordinator stopped because " + "; ".join(dead)
-        tail = self.log_tail(1)
-        last = f": {tail[-1].strip()}" if tail else ""
-        return f"the coordinator stopped ({how}){last} (log: {self.log_path})"
+        action = ""
+        if code == -signal.SIGILL and not os.environ.get(BINARY_ENV):
+            action = await asyncio.to_thread(_refuse_cpu_variant)
+        return describe_exit(
+            "the coordinator (llama-server)", code, self.log_path, self.log_tail(5), action
+        )

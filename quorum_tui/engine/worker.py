@@ -55,22 +55,24 @@ def check_port_free(host: str, port: int) -> None:
 
 def run_worker(options: WorkerOptions, out: TextIO | None = None) -> None:
     """Serve until a signal ends the process; raise QuorumError if the server cannot start."""
-    out = out or sys.stdout
     check_numeric_host(options.host)
     check_port_free(options.host, options.port)
+    log_path = options.log_file or default_log_file(options.port)
+    paths.ensure(log_path.parent)
+    _redirect_native_output(log_path)
+    out = out or sys.stdout
     from quorum_tui.engine import ggml
 
     devices = ggml.server_devices()
+    verdict = ggml.loaded()[1]
     cache = str(paths.ensure(options.cache_dir)) if options.cache_dir else None
     threads = options.threads or os.cpu_count() or 1
     endpoint = format_endpoint(options.host, options.port)
-    log_path = options.log_file or default_log_file(options.port)
-    paths.ensure(log_path.parent)
     labels = ", ".join(ggml.device_label(d) for d in devices)
     print(
         f"quorum worker on {endpoint}: RPC protocol {'.'.join(map(str, PROTOCOL))}, "
         f"{threads} threads, devices: {labels}, tensor cache: {cache or 'off'}, "
-        f"llama.cpp log: {log_path}",
+        f"llama.cpp log: {log_path}; {verdict.summary()}",
         file=out,
         flush=True,
     )
@@ -81,7 +83,6 @@ def run_worker(options: WorkerOptions, out: TextIO | None = None) -> None:
             file=out,
             flush=True,
         )
-    _redirect_native_output(log_path)
     if options.exit_with_parent:
         _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)

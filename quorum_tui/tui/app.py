@@ -416,6 +416,7 @@ class QuorumApp(SshActions, ModelActions):
             self.coordinator_state = "loading"
             self.set_coordinator_status(f"coordinator: loading {event.plan.summary()}")
             self.note(f"coordinator log: {event.log_path}")
+            self.note(event.cpu)
         elif isinstance(event, Loaded):
             self.realized = list(event.realized)
             self.show_plan()
@@ -489,8 +490,14 @@ class QuorumApp(SshActions, ModelActions):
         self.coordinator_state = "serving"
         self.url = event.url
         plan = self.plan = self.serving_plan = event.plan
+        coordinator = self.deployment.coordinator
+        cpu = coordinator.cpu.summary() if coordinator and coordinator.cpu else ""
         self.set_coordinator_status(
-            Text.assemble(("● ready: ", "bold green"), f"serving {plan.summary()} at {event.url}")
+            Text.assemble(
+                ("● ready: ", "bold green"),
+                f"serving {plan.summary()} at {event.url}",
+                (f"\n{cpu}" if cpu else "", "dim"),
+            )
         )
         self.note(f"coordinator ready at {self.url}")
         self.set_chat_endpoint(self.url, plan.summary())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quorum_tui.cluster.sshlab import SshLab, build_wheelhouse
+from quorum_tui.cluster.sshlab import SshLab
 
 
 @pytest.fixture(scope="session")
@@ -17,15 +17,9 @@ def remote_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, remote_cache: Path, wheelhouse: Path) -> Iterator[SshLab]:
-    lab = SshLab(tmp_path / "lab", remote_cache, wheelhouse)
+def lab(tmp_path: Path, remote_cache: Path) -> Iterator[SshLab]:
+    lab = SshLab(tmp_path / "lab", remote_cache)
     try:
         yield lab
     finally:
         lab.close()
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """llama-cpp-python from pip's wheel cache (never a source build) and its dependencies."""
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))

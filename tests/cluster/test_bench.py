@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from quorum_tui.cluster.shipped import llama_archive
+
 
 def bench(*args: str) -> dict[str, object]:
     done = subprocess.run(
@@ -37,6 +39,8 @@ def test_bench_tunnel_reports_both_paths_side_by_side() -> None:
 def test_bench_bringup_compares_all_hosts_with_one() -> None:
     result = bench("bringup", "--lab", "2", "--rounds", "1")
     assert result["hosts"] == 2
+    assert result["cold_installed"] is True and result["cold_s"] > 0  # type: ignore[operator]
+    assert result["runtime_bytes"] == llama_archive().path.stat().st_size
     assert result["all_s"] > 0 and result["one_s"] > 0  # type: ignore[operator]
     assert result["cpu_s_per_host_all"] > 0 and result["cpu_s_per_host_one"] > 0  # type: ignore[operator]
     load = result["load_average"]

@@ -124,26 +124,6 @@ async def test_killed_worker_is_worker_down_and_up_restarts_it(lab: SshLab) -> N
     await down(inv)
 
 
-async def test_failed_install_shows_the_log_tail(lab: SshLab, tmp_path: Path) -> None:
-    empty = tmp_path / "no-wheels"
-    empty.mkdir()
-    ok = lab.add("fine")
-    broken = lab.add(
-        "offline",
-        env={"QUORUM_CACHE_DIR": str(tmp_path / "offline-cache"), "PIP_FIND_LINKS": str(empty)},
-    )
-    path = lab.cluster_file([ok, broken])
-    cluster, events = await up(path)
-    await cluster.close()
-    assert states(cluster) == {"fine": "worker-up", "offline": "worker-down"}
-    reason = cluster.results[1].reason
-    assert "installing the worker runtime" in reason and "install.log" in reason
-    assert "No matching distribution found for llama-cpp-python==0.3.36" in reason
-    progress = [e.line for e in events if e.host == "offline" and e.line]
-    assert any("pip install llama-cpp-python==0.3.36" in line for line in progress)
-    await down(load_inventory(path))
-
-
 async def test_worker_that_cannot_start_shows_the_remote_log(lab: SshLab) -> None:
     host = lab.add("clash")
     path = lab.cluster_file([host], extra={"clash": {"rpc_server": "/bin/false"}})

@@ -65,9 +65,9 @@ def test_delay_each_way_sets_the_round_trip(lab: SshLab) -> None:
 
 
 def test_lab_wide_delay_applies_to_every_link_unless_a_host_says_otherwise(
-    tmp_path: Path, remote_cache: Path, wheelhouse: Path
+    tmp_path: Path, remote_cache: Path
 ) -> None:
-    lab = SshLab(tmp_path / "lab", remote_cache, wheelhouse, delay_ms=2.0)
+    lab = SshLab(tmp_path / "lab", remote_cache, delay_ms=2.0)
     try:
         netns_only(lab)
         far, local = lab.add("far"), lab.add("local", delay_ms=0)

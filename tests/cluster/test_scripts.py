@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -19,11 +20,13 @@ from quorum_tui.cluster.hostprobe import (
     probe_command,
 )
 from quorum_tui.cluster.inventory import HostConfig
+from quorum_tui.cluster.shipped import glibc_version
 from quorum_tui.engine.localcluster import free_port
 
 from .helpers import pid_alive
 
 APP = "a" * 64
+LLAMA = "c" * 16
 
 
 def sh(script: str, cache: Path) -> list[str]:
@@ -35,19 +38,20 @@ def sh(script: str, cache: Path) -> list[str]:
 
 
 def install_fake_runtime(cache: Path, app: str = APP) -> Path:
-    """runtime.json exactly as the install script's json.dump writes it, and a fake python
-    whose `-m quorum_tui.cluster.agent` prints the start mark and serves nothing."""
+    """runtime.json exactly as the install script's json.dump writes it, and a fake worker
+    command that prints the start mark and serves nothing."""
     rt = cache / RUNTIME_NAME
-    (rt / "venv" / "bin").mkdir(parents=True)
-    meta = {"protocol": PROTOCOL_TEXT, "llama_cpp": "0.3.36", "rpc": True, "cuda": False}
+    rt.mkdir(parents=True)
+    meta = {"protocol": PROTOCOL_TEXT, "llama_cpp": "0.3.36", "rpc": True, "cuda": False,
+            "kind": "shipped", "llama": LLAMA}  # fmt: skip
     (rt / "runtime.json").write_text(json.dumps({**meta, "app": app}))
-    py = rt / "venv" / "bin" / "python"
-    py.write_text(
-        '#!/bin/sh\nif [ "$1" = -V ]; then echo "Python 3.99.1"; exit 0; fi\n'
-        "echo \"quorum worker on fake: $*\"\ntrap 'kill $!; exit 0' TERM\nsleep 60 & wait\n"
+    worker = rt / "worker"
+    worker.write_text(
+        "#!/bin/sh\necho \"quorum worker on fake: $*\"\ntrap 'kill $!; exit 0' TERM\n"
+        "sleep 60 & wait\n"
     )
-    py.chmod(0o755)
-    return py
+    worker.chmod(0o755)
+    return worker
 
 
 def host(port: int, threads: int | None = None, rpc_server: str | None = None) -> HostConfig:
@@ -70,18 +74,21 @@ def test_probe_reports_this_machine(tmp_path: Path) -> None:
     assert facts.worker_pid is None
 
 
-def test_probe_reads_the_runtime_and_its_python(tmp_path: Path) -> None:
-    py = install_fake_runtime(tmp_path)
+def test_probe_reads_the_runtime_python_and_glibc(tmp_path: Path) -> None:
+    worker = install_fake_runtime(tmp_path)
     facts = parse_facts(sh(probe_command(), tmp_path))
     assert facts.runtime_ok and facts.runtime is not None and facts.runtime["app"] == APP
-    assert facts.python == "3.99.1" and facts.python_path == str(py)
-    assert facts.runtime_python == str(py)
+    assert facts.python_path == shutil.which("python3")
+    version = subprocess.run(["python3", "-V"], capture_output=True, text=True).stdout
+    assert facts.python == version.split()[1]
+    assert facts.launcher == str(worker)
+    assert facts.glibc == glibc_version() != ""
 
 
 def test_one_command_starts_then_reuses_the_worker(tmp_path: Path) -> None:
     install_fake_runtime(tmp_path)
     config = host(free_port(), threads=2)
-    script = launch.bring_up_script(config, "127.0.0.1", APP, wait=5)
+    script = launch.bring_up_script(config, "127.0.0.1", APP, LLAMA, wait=5)
     first = sh(script, tmp_path)
     started = launch.parse_start(first)
     assert started is not None and started.outcome == "listening", first
@@ -91,7 +98,7 @@ def test_one_command_starts_then_reuses_the_worker(tmp_path: Path) -> None:
         assert int(pidfile.read_text()) == started.pid and pid_alive(started.pid)
         args = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
         assert [b"--port", str(config.rpc_port).encode()] == args[args.index(b"--port") :][:2]
-        assert b"--threads" in args and b"quorum_tui.cluster.agent" in args
+        assert b"--threads" in args and str(tmp_path / RUNTIME_NAME / "worker").encode() in args
         assert started.log == str(tmp_path / "workers" / f"worker-{config.rpc_port}.log")
         again = sh(script, tmp_path)
         assert parse_facts(again).worker_pid == started.pid
@@ -107,27 +114,28 @@ def test_one_command_starts_then_reuses_the_worker(tmp_path: Path) -> None:
         {"app": "b" * 64},
         {"protocol": "6.0.0"},
         {"rpc": False},
+        {"llama": "d" * 16},
     ],
-    ids=["other-code", "other-protocol", "no-rpc"],
+    ids=["other-code", "other-protocol", "no-rpc", "other-build"],
 )
 def test_a_stale_runtime_starts_nothing(tmp_path: Path, meta: dict[str, object]) -> None:
     install_fake_runtime(tmp_path)
     path = tmp_path / RUNTIME_NAME / "runtime.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **meta}))
     port = free_port()
-    out = sh(launch.bring_up_script(host(port), "127.0.0.1", APP, wait=2), tmp_path)
+    out = sh(launch.bring_up_script(host(port), "127.0.0.1", APP, LLAMA, wait=2), tmp_path)
     assert "start=none" in out and launch.parse_start(out) is None
     assert not (tmp_path / "workers" / f"worker-{port}.pid").exists()
 
 
 def test_no_runtime_starts_nothing(tmp_path: Path) -> None:
-    out = sh(launch.bring_up_script(host(free_port()), "127.0.0.1", APP, wait=2), tmp_path)
+    out = sh(launch.bring_up_script(host(free_port()), "127.0.0.1", APP, LLAMA, wait=2), tmp_path)
     assert "start=none" in out and not parse_facts(out).runtime_ok
 
 
 def test_rpc_server_that_exits_shows_its_log(tmp_path: Path) -> None:
     config = host(free_port(), rpc_server="/bin/false")
-    out = sh(launch.bring_up_script(config, "127.0.0.1", APP, wait=5), tmp_path)
+    out = sh(launch.bring_up_script(config, "127.0.0.1", APP, LLAMA, wait=5), tmp_path)
     started = launch.parse_start(out)
     assert started is not None and started.outcome == "exited", out
     assert any("quorum starts the worker" in line for line in started.tail)
@@ -135,7 +143,7 @@ def test_rpc_server_that_exits_shows_its_log(tmp_path: Path) -> None:
 
 def test_rpc_server_that_is_not_executable_starts_nothing(tmp_path: Path) -> None:
     config = host(free_port(), rpc_server=str(tmp_path / "missing"))
-    out = sh(launch.bring_up_script(config, "127.0.0.1", APP, wait=2), tmp_path)
+    out = sh(launch.bring_up_script(config, "127.0.0.1", APP, LLAMA, wait=2), tmp_path)
     assert launch.parse_start(out) is None
 
 
@@ -153,6 +161,7 @@ def test_parse_facts_takes_pty_output_and_noise() -> None:
         "gpu=broken\r",
         "python_path=/usr/bin/python3\r",
         "python=Python 3.12.3\r",
+        "glibc=glibc 2.39\r",
         "cache_dir=/home/a/.cache/quorum\r",
         'runtime={"protocol": "7.0.0", "rpc": true}\r',
         "worker=4242\r",
@@ -168,6 +177,7 @@ def test_parse_facts_takes_pty_output_and_noise() -> None:
         ("Weird, Name", 1024 << 20, 512 << 20),
     ]
     assert facts.python == "3.12.3" and facts.python_path == "/usr/bin/python3"
+    assert facts.glibc == "2.39"
     assert facts.runtime == {"protocol": "7.0.0", "rpc": True} and facts.worker_pid == 4242
 
 

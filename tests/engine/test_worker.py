@@ -12,7 +12,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from quorum_tui.engine import ggml
 from quorum_tui.engine.localcluster import (
     LocalCluster,
     LocalWorker,
@@ -21,7 +20,6 @@ from quorum_tui.engine.localcluster import (
     worker_command,
 )
 from quorum_tui.engine.probe import probe
-from quorum_tui.errors import QuorumError
 
 from .conftest import QuorumRunner
 
@@ -45,16 +43,6 @@ def test_port_in_use_is_refused(quorum: QuorumRunner) -> None:
         port = taken.getsockname()[1]
         err = one_line_error(quorum("worker", "--port", str(port)))
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
-
-
-def test_build_without_rpc_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    class NoRpc:
-        def ggml_backend_reg_by_name(self, name: bytes) -> None:
-            return None
-
-    monkeypatch.setattr(ggml, "lib", lambda: NoRpc())
-    with pytest.raises(QuorumError, match="built without RPC"):
-        ggml.rpc_reg()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

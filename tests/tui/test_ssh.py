@@ -12,7 +12,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab, build_wheelhouse
+from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.tui.app import QuorumApp
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.dialogs import ConfirmDialog, HostForm
@@ -20,14 +20,9 @@ from quorum_tui.tui.session import Setup
 from tests.tui.helpers import wait_until
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
-
-
 @pytest.fixture
-def lab(tmp_path: Path, wheelhouse: Path) -> Iterator[SshLab]:
-    lab = SshLab(tmp_path / "lab", tmp_path / "remote-cache", wheelhouse)
+def lab(tmp_path: Path) -> Iterator[SshLab]:
+    lab = SshLab(tmp_path / "lab", tmp_path / "remote-cache")
     try:
         yield lab
     finally:
