@@ -44,6 +44,7 @@ from quorum_tui.engine.plan import LayerPlan, even_counts
 from quorum_tui.engine.settings import EngineSettings, cores
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.registry import REAL_DEMO_MODEL
+from quorum_tui.wire import sse_data, sse_events, sse_json
 
 FALLBACK_MODEL = "synthetic:layers=24,embd=512,heads=8,dtype=q8_0"
 CLIENTS = (1, 2, 4)
@@ -225,10 +226,9 @@ async def _stream(http: httpx.AsyncClient, url: str, prompt: str | list[int], to
                 raise QuorumError(
                     f"{url} answered {response.status_code}: {await response.aread()!r}"
                 )
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                if json.loads(line[6:])["choices"][0].get("text"):
+            async for event in sse_events(response.aiter_bytes()):
+                data = sse_json(sse_data(event) or b"")
+                if data is not None and (data.get("choices") or [{}])[0].get("text"):
                     timed.arrivals.append(time.perf_counter())
     except httpx.RemoteProtocolError:
         raise

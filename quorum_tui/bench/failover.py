@@ -29,6 +29,7 @@ from quorum_tui.engine.supervisor import Loaded
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.registry import REAL_DEMO_MODEL
 from quorum_tui.models.resolve import resolve_model
+from quorum_tui.wire import sse_data, sse_events, sse_json
 
 PROMPT = "The history of the lighthouse begins"
 
@@ -68,10 +69,10 @@ async def timed_stream(
             "ignore_eos": True}  # fmt: skip
     text, pieces, killed, pause = [], 0, 0.0, 0.0
     async with http.stream("POST", f"{base}/v1/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
+        async for event in sse_events(response.aiter_bytes()):
+            data = sse_json(sse_data(event) or b"")
+            if data is None:
                 continue
-            data = json.loads(line[6:])
             if "error" in data:
                 raise QuorumError(f"the reply broke off: {data['error']['message']}")
             piece = data["choices"][0].get("text") or ""

@@ -42,7 +42,7 @@ def run_on_hosts(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                 "a --cluster's network is what it is"
             )
         return asyncio.run(bench(load_inventory(args.cluster), args))
-    from quorum_tui.cluster.sshlab import temporary_lab
+    from quorum_tui.lab.sshlab import temporary_lab
 
     count = args.lab if args.lab is not None else args.default_lab
     if args.delay_ms is None:

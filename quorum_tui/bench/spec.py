@@ -32,9 +32,9 @@ from quorum_tui.deploy.deployment import Deployment, Target
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.plan import parse_split
 from quorum_tui.engine.settings import EngineSettings
-from quorum_tui.engine.supervisor import parse_metrics
 from quorum_tui.errors import QuorumError
 from quorum_tui.models.registry import REAL_DEMO_MODEL
+from quorum_tui.wire import parse_metrics
 
 PARAGRAPH = (
     "The quorum of workers met on Tuesday to split the model into layers. Each worker took a "
@@ -122,7 +122,7 @@ async def ask(http: httpx.AsyncClient, base: str, prompt: str, tokens: int) -> R
     after = parse_metrics((await http.get(f"{base}/metrics")).text)
 
     def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+        return after.values.get(name, 0.0) - before.values.get(name, 0.0)
 
     timings = data.get("timings", {})
     return Reply(

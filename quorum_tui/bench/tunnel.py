@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import logging
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +32,9 @@ from quorum_tui.engine.measure import link_rtt
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.trials import Trial, run_trials
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
+
+log = logging.getLogger(__name__)
 
 TINY_MODEL = "synthetic:layers=5"
 
@@ -135,7 +138,7 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
         for session in extra_sessions:
             await session.close()
         await cluster.close()
-        with contextlib.suppress(QuorumError):
+        with logged(log, "stopping the direct workers", QuorumError):
             await down(direct_inv, options)
     medians = {name: statistics.median(values) for name, values in runs.items()}
     direct_tps = medians["direct"]

@@ -15,10 +15,16 @@ from typing import Any
 
 import httpx
 
-from quorum_tui.deploy.gateway import PLAN_ROUTE
 from quorum_tui.errors import QuorumError
-
-DONE = "[DONE]"
+from quorum_tui.wire import (
+    DONE,
+    PLAN_ROUTE,
+    FailoverRecord,
+    PlanBody,
+    failovers_of,
+    sse_data,
+    sse_events,
+)
 
 
 class ChatError(QuorumError):
@@ -93,7 +99,7 @@ class ReplyStream:
         self.text = ""
         self.finish_reason: str | None = None
         self.finished = False
-        self.failovers: list[dict[str, Any]] = []
+        self.failovers: tuple[FailoverRecord, ...] = ()
         """Coordinator restarts the reply lived through (Quorum's endpoint says)."""
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -106,8 +112,8 @@ class ReplyStream:
             async with self.client.http.stream("POST", url, json=self.body) as response:
                 if response.status_code != 200:
                     raise ChatError(await _status_error(response, url))
-                async for line in response.aiter_lines():
-                    event = self._parse(line)
+                async for raw in sse_events(response.aiter_bytes()):
+                    event = self._parse(raw)
                     if event is None:
                         continue
                     yield event
@@ -126,22 +132,24 @@ class ReplyStream:
             raise ChatError(_mid_reply(url, _reason(exc))) from exc
         raise ChatError(_mid_reply(url, "the stream ended without [DONE]"))
 
-    def _parse(self, line: str) -> StreamEvent | None:
-        if not line.startswith("data:"):
+    def _parse(self, raw: bytes) -> StreamEvent | None:
+        data = sse_data(raw)
+        if data is None:
             return None
-        data = line[5:].strip()
         if data == DONE:
             self.finished = True
             return Finished(self.finish_reason)
         try:
             chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ChatError(
                 f"the model server sent something that is not JSON: {data[:80]!r}"
             ) from exc
+        if not isinstance(chunk, dict):
+            raise ChatError(f"the model server sent a JSON {type(chunk).__name__}, not an event")
         if "error" in chunk:
             raise ChatError(f"the model server failed mid-reply: {_error_text(chunk)}")
-        self.failovers = (chunk.get("quorum") or {}).get("failovers") or self.failovers
+        self.failovers = failovers_of(chunk) or self.failovers
         choices = chunk.get("choices") or [{}]
         choice = choices[0]
         if choice.get("finish_reason"):
@@ -221,11 +229,9 @@ class ChatClient:
         try:
             response = await self.http.get(f"{root}{PLAN_ROUTE}")
             body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, json.JSONDecodeError):
+            return PlanBody.from_json(body).line() if isinstance(body, dict) else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
             return None
-        if not isinstance(body, dict) or not isinstance(body.get("stages"), list):
-            return None
-        return plan_line(body["stages"], body.get("output_stage"))
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -237,33 +243,17 @@ class ChatClient:
         await self.aclose()
 
 
-def served_by(plan: str | None, failovers: list[dict[str, Any]]) -> str | None:
+def served_by(plan: str | None, failovers: Sequence[FailoverRecord]) -> str | None:
     """The plan that served a reply, and every failover it lived through."""
     if not failovers:
         return plan
-    steps = [str(failovers[0].get("plan_before") or plan or "?")]
+    steps = [failovers[0].plan_before or plan or "?"]
     notes = []
     for f in failovers:
-        steps.append(str(f.get("plan_after") or "?"))
-        at = str(f.get("at", "")).rpartition("T")[2]
-        notes.append(
-            f"failed over at {at} after {f.get('after_tokens', 0)} tokens ({f.get('reason', '')}"
-            f"; {f.get('resumed', '')})"
-        )
+        steps.append(f.plan_after or "?")
+        at = f.when.rpartition("T")[2]
+        notes.append(f"failed over at {at} after {f.after_tokens} tokens ({f.reason}; {f.resumed})")
     return " → ".join(steps) + " · " + " · ".join(notes)
-
-
-def plan_line(stages: list[Any], output_stage: Any) -> str:
-    """`coordinator 0, w1 1-2, w2 3-4+out` from the /quorum/plan stages."""
-    parts = []
-    for index, stage in enumerate(stages):
-        layers = stage.get("layers")
-        span = "-" if not layers else f"{layers[0]}-{layers[1]}"
-        if layers and layers[0] == layers[1]:
-            span = str(layers[0])
-        out = "+out" if index == output_stage else ""
-        parts.append(f"{stage.get('name')} {span}{out}")
-    return ", ".join(parts)
 
 
 def _options(

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from quorum_tui import __version__
+from quorum_tui import __version__, logs
 from quorum_tui.errors import QuorumError
 
 COMMAND_GROUPS = (
@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one large language model across several machines (llama.cpp RPC).",
     )
     parser.add_argument("--version", action="version", version=f"quorum {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help=f"log to the terminal too (-vv: debug); the log file is {logs.log_path()}",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_GROUPS:
         importlib.import_module(f"quorum_tui.cli.{name}").register(sub)
@@ -45,6 +52,10 @@ def open_app(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    screen = getattr(args, "full_screen", args.func is open_app) and not getattr(
+        args, "headless", False
+    )
+    logs.configure(args.verbose, terminal=not screen)
     try:
         return int(args.func(args) or 0)
     except QuorumError as exc:

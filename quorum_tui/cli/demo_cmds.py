@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("--headless", action="store_true",
                    help="no app: start the workers, stream one generation, stop")  # fmt: skip
     p.add_argument("-n", "--n-predict", type=int, default=48, help="tokens for --headless")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, full_screen=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -303,8 +303,8 @@ async def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
     for failover in done.failovers:
         print(
-            f"failed over at {failover['at']} after {failover['after_tokens']} tokens "
-            f"({failover['resumed']}): {failover['plan_before']} -> {failover['plan_after']}",
+            f"failed over at {failover.when} after {failover.after_tokens} tokens "
+            f"({failover.resumed}): {failover.plan_before} -> {failover.plan_after}",
             file=sys.stderr,
         )
     if args.report:

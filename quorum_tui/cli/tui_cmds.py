@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
     add_worker_arg(p, help="a worker to plan over (repeatable)")
     add_engine_args(p)
     p.add_argument("--temp", type=float, help="the Chat's temperature (default: the server's)")
-    p.set_defaults(func=cmd_tui)
+    p.set_defaults(func=cmd_tui, full_screen=True)
 
 
 def cluster_file_exists() -> bool:

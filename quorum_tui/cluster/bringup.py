@@ -7,7 +7,7 @@ and never delays the others beyond its own timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import shlex
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +33,9 @@ from quorum_tui.engine.exits import describe_exit
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.probe import probe_async
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
+
+log = logging.getLogger(__name__)
 
 HELLO_RETRY = 0.05
 TUNNEL_SETTLE = 2.0
@@ -136,8 +139,10 @@ class Cluster:
         await _settle(max((r.tunnel_opened for r in self.results if r.tunnel), default=0.0))
         for r in self.results:
             r.tunnel = None
-        await asyncio.gather(*(t.aclose() for t in tunnels), return_exceptions=True)
-        await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
+        closing = [*(t.aclose() for t in tunnels), *(s.close() for s in self.sessions)]
+        for failure in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(failure, Exception):
+                log.warning("closing a tunnel or connection: %s", failure, exc_info=failure)
         for r in self.results:
             r.session = None
 
@@ -181,6 +186,7 @@ class _Pipeline:
         except HostFailure as exc:
             self.emit(exc.state, exc.reason)
         except Exception as exc:  # a host must never take the others down with it
+            log.exception("bringing up %s", self.result.host.name)
             self.emit("worker-down", f"unexpected error: {type(exc).__name__}: {exc}")
         return self.result
 
@@ -333,8 +339,15 @@ class _Pipeline:
         if not tunnel.done():
             if not wait:
                 tunnel.cancel()
-            with contextlib.suppress(BaseException):
+            try:
                 await tunnel
+            except asyncio.CancelledError:
+                if not tunnel.cancelled():
+                    raise
+            except Exception:
+                log.info(
+                    "the tunnel of %s failed as it opened", self.result.host.name, exc_info=True
+                )
         if not tunnel.cancelled() and tunnel.exception() is None:
             if wait:
                 await _settle(self.result.tunnel_opened)
@@ -435,7 +448,7 @@ async def _run_all(
         for t in tasks:
             t.cancel()
         cluster = Cluster(inv, [p.result for p in pipelines])
-        with contextlib.suppress(Exception):
+        with logged(log, "closing the connections of an interrupted bring-up"):
             await asyncio.shield(cluster.close())
         raise
     return Cluster(inv, results)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -23,6 +24,9 @@ from asyncssh.config import SSHClientConfig
 
 from quorum_tui.cluster.events import HostFailure, HostKeyPrompt, HostKeyQuestion
 from quorum_tui.cluster.inventory import HostConfig, Inventory
+from quorum_tui.logs import logged
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 FAST_CIPHERS = [
@@ -84,7 +88,7 @@ class HostSession:
 
     async def close(self) -> None:
         self.conn.close()
-        with contextlib.suppress(Exception):
+        with logged(log, f"closing the SSH connection to {self.host.name}", level=logging.INFO):
             await asyncio.wait_for(self.conn.wait_closed(), 5)
 
 

@@ -51,6 +51,7 @@ from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.speculation import Speculation, check_draft
 from quorum_tui.engine.supervisor import CoordinatorProcess, Loaded, Ready, preflight
 from quorum_tui.errors import QuorumError
+from quorum_tui.wire import PlanBody, StageBody
 
 REJOIN_AFTER = 30.0
 """Seconds a worker lost to a failover must answer again before it is used again."""
@@ -135,7 +136,7 @@ class RunResult:
             "ttft_s": self.done.ttft_s,
             "load_s": self.load_s,
             "stop_type": self.done.stop_type,
-            "failovers": list(self.done.failovers),
+            "failovers": [f.to_json() for f in self.done.failovers],
             "cpu_kernels": self.cpu.summary() if self.cpu else None,
             "cpu_variant": self.cpu.variant if self.cpu else None,
         }
@@ -159,26 +160,23 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-def plan_body(model: Path, plan: LayerPlan, realized: Sequence[int], load_s: float) -> dict:
+def plan_body(
+    model: Path, plan: LayerPlan, realized: Sequence[int], load_s: float, away: Sequence[str]
+) -> PlanBody:
     """What GET /quorum/plan returns: the stages and the assignment llama.cpp realized."""
-    names = [s.name for s in plan.stages]
-    return {
-        "model": str(model),
-        "summary": plan.summary(),
-        "stages": [
-            {
-                "name": s.name,
-                "endpoint": s.endpoint,
-                "layers": [s.first, s.last] if s.count else None,
-            }
+    return PlanBody(
+        model=str(model),
+        summary=plan.summary(),
+        stages=tuple(
+            StageBody(s.name, s.endpoint, (s.first, s.last) if s.last is not None else None)
             for s in plan.stages
-        ],
-        "output_stage": plan.output_stage,
-        "planned": plan.assignment(),
-        "realized": list(realized),
-        "realized_by_name": [names[i] for i in realized],
-        "load_s": load_s,
-    }
+        ),
+        output_stage=plan.output_stage,
+        planned=tuple(plan.assignment()),
+        realized=tuple(realized),
+        load_s=load_s,
+        away=tuple(away),
+    )
 
 
 @dataclass
@@ -383,8 +381,11 @@ class Deployment:
                 self._running = None
             await process.stop()
             raise
-        body = plan_body(prepared.path, prepared.plan, running.realized, running.load_s)
-        gateway.serve(process.url, {**body, "away": [w.name for w in self.away]})
+        body = plan_body(
+            prepared.path, prepared.plan, running.realized, running.load_s,
+            [w.name for w in self.away],
+        )  # fmt: skip
+        gateway.serve(process.url, body)
         running.follower = asyncio.create_task(self._follow(running, events))
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized))
         return gateway.url

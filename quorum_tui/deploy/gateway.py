@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import (
     ClientError,
@@ -26,10 +25,12 @@ from aiohttp import (
     web,
 )
 
-from quorum_tui.deploy.resume import ROUTES, Diverged, Failover, Generation, events
+from quorum_tui.deploy.resume import ROUTES, Diverged, Generation
 from quorum_tui.errors import QuorumError
+from quorum_tui.wire import PLAN_ROUTE, FailoverRecord, PlanBody, sse_events
 
-PLAN_ROUTE = "/quorum/plan"
+log = logging.getLogger(__name__)
+
 FAILOVER_WAIT = 300.0
 """Seconds an interrupted reply waits for the next coordinator (a model's reload included)."""
 UPSTREAM_KEEPALIVE = 2.0
@@ -60,7 +61,7 @@ class Gateway:
         self.port = port
         self.api_key = api_key
         self.upstream: str | None = None
-        self.plan: dict[str, Any] | None = None
+        self.plan: PlanBody | None = None
         self.unavailable = "the coordinator is starting"
         self.recovering = False
         """A failover is under way: interrupted replies wait for the next coordinator."""
@@ -78,7 +79,7 @@ class Gateway:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def serve(self, upstream: str, plan: dict[str, Any]) -> None:
+    def serve(self, upstream: str, plan: PlanBody) -> None:
         """Send requests to `upstream` from now on; `plan` is what /quorum/plan returns."""
         self.upstream, self.plan, self.recovering = upstream, plan, False
         self._signal()
@@ -151,7 +152,7 @@ class Gateway:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as exc:
-            logging.getLogger(__name__).debug("gateway error", exc_info=True)
+            log.exception("the gateway failed on %s %s", request.method, request.path)
             return error_response(500, f"{type(exc).__name__}: {exc}", "server_error")
 
     @web.middleware
@@ -166,7 +167,7 @@ class Gateway:
     async def _plan(self, request: web.Request) -> web.StreamResponse:
         if self.plan is None:
             return error_response(503, self.unavailable, "unavailable_error")
-        return web.json_response(self.plan)
+        return web.json_response(self.plan.to_json())
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         upstream, session = self.upstream, self._session
@@ -226,7 +227,7 @@ class Gateway:
                     if response is None:
                         response = _stream_response(reply)
                         await response.prepare(request)
-                    async for event in events(reply.content.iter_any()):
+                    async for event in sse_events(reply.content.iter_any()):
                         out = generation.forward(event)
                         if out is not None:
                             await response.write(out)
@@ -249,15 +250,15 @@ class Gateway:
 
     async def _after_break(self, url: str, generation: Generation) -> str | None:
         """Wait for the coordinator that replaces the one at `url` (None: there is none)."""
-        at, before = time.time(), str((self.plan or {}).get("summary", ""))
+        at, before = time.time(), self.plan.summary if self.plan else ""
         recovering = self.on_broken is not None and await self.on_broken(url)
-        failover = Failover(at, 0, self.failure or self.unavailable, before)
+        failover = FailoverRecord(at, 0, self.failure or self.unavailable, before)
         generation.interrupted(failover)
         if not recovering:
             return None
         new = await self.next_upstream(url)
         failover.reason = self.unavailable if new is None else failover.reason
-        failover.plan_after = str((self.plan or {}).get("summary", ""))
+        failover.plan_after = self.plan.summary if self.plan else ""
         return new
 
 

@@ -20,10 +20,10 @@ many tokens, why, which plans served it, and how it resumed.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from quorum_tui.wire import DONE, FailoverRecord, sse_data, sse_json, sse_line, with_failovers
 
 ROUTES = {
     "/v1/chat/completions": "chat",
@@ -34,24 +34,6 @@ ROUTES = {
 }
 REGENERATE_LIMIT = 256
 """Tokens a greedy reply may have sent and still be regenerated rather than continued."""
-
-
-@dataclass
-class Failover:
-    """One coordinator restart a reply lived through."""
-
-    at: float
-    after_tokens: int
-    reason: str
-    plan_before: str
-    plan_after: str = ""
-    resumed: str = ""
-    """regenerated (exact), or continued (from the text so far)."""
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.at))
-        return data
 
 
 class Diverged(Exception):
@@ -65,7 +47,7 @@ class Generation:
     kind: str
     body: dict[str, Any]
     sent: list[str] = field(default_factory=list)
-    failovers: list[Failover] = field(default_factory=list)
+    failovers: list[FailoverRecord] = field(default_factory=list)
     done: bool = False
     mode: str = "first"
     """first (the original request), regenerated or continued (after a failover)."""
@@ -99,10 +81,10 @@ class Generation:
         temperature = self.body.get("temperature")
         return temperature is not None and float(temperature) <= 0
 
-    def interrupted(self, failover: Failover) -> None:
+    def interrupted(self, failover: FailoverRecord) -> None:
         """The coordinator serving this reply is gone: remember what the client has."""
         if self.mode == "first":
-            parsed = [d for d in (_loads(p) for p in self._raw) if d is not None]
+            parsed = [d for d in (sse_json(p) for p in self._raw) if d is not None]
             self.sent = [self._text(d) for d in parsed]
             if parsed and self.kind != "native":
                 self._ids = {k: parsed[0][k] for k in ("id", "created") if k in parsed[0]}
@@ -136,18 +118,17 @@ class Generation:
 
     def forward(self, event: bytes) -> bytes | None:
         """The bytes of one server-sent event to pass on (None: drop it); raises Diverged."""
-        line = event.strip()
-        if not line.startswith(b"data:"):
+        payload = sse_data(event)
+        if payload is None:
             return event
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
+        if payload == DONE:
             self.done = True
             return event
         if self.mode == "first":
             self._raw.append(payload)
             self.done = self.done or (self.kind == "native" and b'"stop":true' in payload)
             return event
-        data = _loads(payload)
+        data = sse_json(payload)
         if data is None:
             return event
         piece = self._text(data)
@@ -172,15 +153,15 @@ class Generation:
         data.update(self._ids)
         if self._finished(data):
             self.done = self.kind == "native"
-            data["quorum"] = {"failovers": [f.to_json() for f in self.failovers]}
-        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+            with_failovers(data, self.failovers)
+        return sse_line(data)
 
     def whole(self, raw: bytes) -> bytes:
         """A non-streamed reply, with the failovers it lived through."""
-        data = _loads(raw)
+        data = sse_json(raw)
         if data is None or not self.failovers:
             return raw
-        data["quorum"] = {"failovers": [f.to_json() for f in self.failovers]}
+        with_failovers(data, self.failovers)
         return json.dumps(data, ensure_ascii=False).encode()
 
     def _text(self, data: dict[str, Any]) -> str:
@@ -207,26 +188,3 @@ class Generation:
         if self.kind == "native":
             return bool(data.get("stop"))
         return bool((data.get("choices") or [{}])[0].get("finish_reason"))
-
-
-def _loads(payload: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Whole server-sent events (each ending with a blank line) out of a byte stream."""
-    pending = b""
-    async for chunk in chunks:
-        pending += chunk
-        while True:
-            cut = pending.find(b"\n\n")
-            if cut < 0:
-                break
-            yield pending[: cut + 2]
-            pending = pending[cut + 2 :]
-    if pending.strip():
-        yield pending

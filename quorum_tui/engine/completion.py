@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from quorum_tui.errors import QuorumError
+from quorum_tui.wire import FailoverRecord, failovers_of, sse_data, sse_events, sse_json
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Completed:
     prompt_per_s: float
     stop_type: str
     tokens: tuple[int, ...] = field(default=())
-    failovers: tuple[dict[str, Any], ...] = ()
+    failovers: tuple[FailoverRecord, ...] = ()
     """Coordinator restarts the generation lived through (Quorum's endpoint says)."""
 
 
@@ -81,12 +82,13 @@ async def stream_completion(
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 raise QuorumError(f"the coordinator refused the request: {_message(text)}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
+            async for event in sse_events(response.aiter_bytes()):
+                payload = sse_data(event)
+                data = sse_json(payload) if payload is not None else None
+                if data is None:
                     continue
-                data = json.loads(line.removeprefix("data: "))
                 if "error" in data:
-                    raise QuorumError(f"the coordinator failed: {_message(line[6:])}")
+                    raise QuorumError(f"the coordinator failed: {_message(payload or b'')}")
                 tokens = tuple(int(t) for t in data.get("tokens") or ())
                 if data.get("content") or tokens:
                     first = first or time.perf_counter()
@@ -102,7 +104,7 @@ async def stream_completion(
                         prompt_per_s=float(timings.get("prompt_per_second", 0.0)),
                         stop_type=str(data.get("stop_type", "")),
                         tokens=tuple(ids),
-                        failovers=tuple((data.get("quorum") or {}).get("failovers") or ()),
+                        failovers=failovers_of(data),
                     )
                     return
     except httpx.HTTPError as exc:
@@ -112,7 +114,8 @@ async def stream_completion(
     raise QuorumError("the coordinator's stream ended before the generation was complete")
 
 
-def _message(text: str) -> str:
+def _message(raw: bytes | str) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     try:
         error = json.loads(text).get("error", {})
         return str(error.get("message", text)) if isinstance(error, dict) else str(error)

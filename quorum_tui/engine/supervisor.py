@@ -35,6 +35,7 @@ from quorum_tui.engine.plan import LayerPlan, LlamaParams, WorkerRef
 from quorum_tui.engine.probe import ProbeResult, probe_all
 from quorum_tui.engine.serverlog import LogPump
 from quorum_tui.errors import QuorumError
+from quorum_tui.wire import Metrics, parse_metrics
 
 NOISE = ("gdb", "ptrace", "backtrace", "No such process", "Could not attach")
 POLL = 0.05
@@ -96,17 +97,6 @@ class Ready:
 
 CoordinatorEvent = Loading | Loaded | Ready
 Explain = Callable[[WorkerRef], Awaitable[str | None]]
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """`{name: value}` of llama-server's Prometheus metrics (`llamacpp:` prefix dropped)."""
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("llamacpp:"):
-            with contextlib.suppress(ValueError):
-                out[name.removeprefix("llamacpp:")] = float(value)
-    return out
 
 
 def _refuse_cpu_variant() -> str:
@@ -265,9 +255,9 @@ class CoordinatorProcess:
                 reply = await http.get("/metrics", timeout=LIVENESS_TIMEOUT)
                 metrics = parse_metrics(reply.text)
             except httpx.HTTPError:
-                metrics = {}
-            decodes = metrics.get("n_decode_total")
-            busy = metrics.get("requests_processing", 1.0) > 0
+                metrics = Metrics()
+            decodes = metrics.decodes
+            busy = metrics.processing is None or metrics.processing > 0
             stalled = decodes is None or (busy and decodes == last)
             last = decodes
             if stalled and self.proc.returncode is None and await self._find_dead_workers():

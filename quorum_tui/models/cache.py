@@ -11,9 +11,9 @@ still arriving is a `.part` file beside it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,11 @@ from typing import Any
 from quorum_tui import paths
 from quorum_tui.engine.gguf_info import inspect_model, split_part, split_parts
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
 from quorum_tui.models.download import PART_SUFFIX
 from quorum_tui.models.hub import group_key, quant_tag
+
+log = logging.getLogger(__name__)
 
 REPO_MANIFEST = ".quorum-repo.json"
 URL_MANIFEST = ".quorum-url.json"
@@ -164,7 +167,7 @@ def _model(
     size = sum(p.stat().st_size for p in parts)
     layers = quant = None
     if describe:
-        with contextlib.suppress(QuorumError, OSError):
+        with logged(log, f"reading {first}", QuorumError, OSError):
             info = inspect_model(first)
             layers, quant = info.n_layers, info.quant
     return CachedModel(name, first, parts, size, source, layers, quant)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from typing import Any, ClassVar
 
@@ -29,7 +29,10 @@ from quorum_tui.chat.client import (
 from quorum_tui.chat.session import ChatSession, describe_reply, reply_message
 from quorum_tui.chat.store import Conversation, ConversationInfo, ConversationStore, Message
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
 from quorum_tui.tui.markdown_pieces import MarkdownPieces
+
+log = logging.getLogger(__name__)
 
 NO_MODEL = "No model is running: Apply a plan on the Layers screen."
 LIVE_EVERY = 0.25
@@ -376,7 +379,7 @@ class ChatPane(Vertical):
         )
 
     async def _stream_reply(self, client: ChatClient, prompt: str) -> None:
-        log = self.query_one("#chat-log", VerticalScroll)
+        chat_log = self.query_one("#chat-log", VerticalScroll)
         session = self.session
         try:
             user = await asyncio.to_thread(session.add_prompt, prompt)
@@ -386,8 +389,8 @@ class ChatPane(Vertical):
             await self._notice(f"This conversation is not being kept: {exc}")
         plan = self.plan_summary or None
         view = MessageView(reply_message("", ReplyStats(), "complete", plan), live=True)
-        await log.mount_all([MessageView(user), view])
-        log.anchor()
+        await chat_log.mount_all([MessageView(user), view])
+        chat_log.anchor()
         reply = client.chat(
             session.history(), max_tokens=self.max_tokens, extra=dict(self.request_options)
         )
@@ -413,6 +416,7 @@ class ChatPane(Vertical):
         except ChatError as exc:
             status, error = "error", str(exc)
         except Exception as exc:
+            log.exception("a chat reply failed")
             status, error = "error", f"the reply failed: {type(exc).__name__}: {exc}"
         except asyncio.CancelledError:
             if self._stop_status is None:
@@ -420,7 +424,7 @@ class ChatPane(Vertical):
             status, error = self._stop_status, self._stop_reason
         finally:
             self._streaming = False
-            with contextlib.suppress(Exception):
+            with logged(log, "writing the rest of a reply"):
                 view.write("".join(pending))
         await self._finish(session, view, reply, status, served_by(plan, reply.failovers), error)
 
@@ -463,7 +467,7 @@ class ChatPane(Vertical):
         worker = self._reply_worker
         self.action_stop()
         if worker is not None and worker.is_running:
-            with contextlib.suppress(Exception):
+            with logged(log, "waiting for a stopped reply"):
                 await worker.wait()
 
     async def action_new_conversation(self) -> None:

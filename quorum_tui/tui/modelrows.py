@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from quorum_tui import paths
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.memory import whole_model_memory
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
 from quorum_tui.models import hub
 from quorum_tui.models.cache import cached_models
 from quorum_tui.models.preview import preview
@@ -17,6 +19,8 @@ from quorum_tui.models.spec import ModelSpec, parse_spec
 from quorum_tui.tui.session import model_label
 from quorum_tui.units import human_bytes
 
+log = logging.getLogger(__name__)
+
 CachedRow = tuple[str, int, str]
 """(name, bytes, spec to load it)."""
 
@@ -24,7 +28,7 @@ CachedRow = tuple[str, int, str]
 def cached_rows() -> list[CachedRow]:
     """Pulled models (by their spec) and generated synthetic ones (by path)."""
     rows: list[CachedRow] = []
-    with contextlib.suppress(QuorumError, OSError):
+    with logged(log, "listing the cached models", QuorumError, OSError):
         rows += [(m.name, m.size, m.name) for m in cached_models(describe=False)]
     synthetic = paths.cache_dir() / "synthetic"
     for path in sorted(synthetic.glob("*.gguf")) if synthetic.is_dir() else []:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quorum_tui.cluster.sshlab import SshLab
+from quorum_tui.lab.sshlab import SshLab
 
 
 @pytest.fixture(scope="session")

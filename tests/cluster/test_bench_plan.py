@@ -7,7 +7,7 @@ from pathlib import Path
 
 from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab
+from quorum_tui.lab.sshlab import SshLab
 
 from .helpers import quorum
 

@@ -15,9 +15,9 @@ import pytest
 
 from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.engine.localcluster import free_port
 from quorum_tui.engine.probe import probe, probe_async
+from quorum_tui.lab.sshlab import SshLab
 
 from .helpers import pid_alive, quorum, states, up
 

@@ -11,8 +11,8 @@ from quorum_tui.cluster import bringup
 from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.cluster.sessions import HostSession
-from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.engine.probe import probe_async
+from quorum_tui.lab.sshlab import SshLab
 
 from .helpers import pid_alive, up
 

@@ -10,10 +10,10 @@ import httpx
 
 from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.deploy.deployment import Deployment, Target
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.settings import EngineSettings
+from quorum_tui.lab.sshlab import SshLab
 
 
 async def stream(http: httpx.AsyncClient, base: str, cut: Callable[[], None] | None) -> tuple:

@@ -12,7 +12,7 @@ from pathlib import Path
 from quorum_tui.cluster.bringup import check, down
 from quorum_tui.cluster.events import HostKeyQuestion
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab
+from quorum_tui.lab.sshlab import SshLab
 
 from .helpers import pid_alive, quorum, states, up
 

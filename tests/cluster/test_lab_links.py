@@ -16,9 +16,9 @@ from pathlib import Path
 
 from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import LabHost, SshLab
 from quorum_tui.engine.measure import link_rtt
 from quorum_tui.engine.probe import probe_async
+from quorum_tui.lab.sshlab import LabHost, SshLab
 
 from .helpers import quorum, up
 

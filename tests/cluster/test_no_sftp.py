@@ -12,8 +12,8 @@ from quorum_tui.cluster.bringup import down
 from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.cluster.runtime import upload
 from quorum_tui.cluster.sessions import connect
-from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.engine.probe import probe_async
+from quorum_tui.lab.sshlab import SshLab
 
 from .helpers import states, up
 

@@ -29,10 +29,10 @@ from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.cluster.runtime import upload
 from quorum_tui.cluster.sessions import connect
 from quorum_tui.cluster.shipped import LlamaArchive, glibc_version, llama_archive
-from quorum_tui.cluster.sshlab import SshLab
 from quorum_tui.engine.cpucheck import cpu_verdict
 from quorum_tui.engine.llamabuild import BUILD_ENV
 from quorum_tui.engine.probe import probe_async
+from quorum_tui.lab.sshlab import SshLab
 from tests.buildcopy import build_copy
 
 from .helpers import pid_alive, states, up

@@ -16,7 +16,7 @@ import pytest
 
 from quorum_tui.chat.session import SYSTEM_PROMPT
 from quorum_tui.engine.localcluster import LocalCluster
-from quorum_tui.engine.supervisor import parse_metrics
+from quorum_tui.wire import parse_metrics
 from tests.served import NO_EOS, Served, eventually, served, served_in_thread
 
 PROMPTS = [
@@ -81,7 +81,7 @@ async def test_requests_beyond_the_slots_wait_and_complete(real: Served) -> None
     assert len(PROMPTS) > 4
     assert together == alone
     assert all(r["done"] and r["finish"] in ("stop", "length") for r in together)
-    assert metrics["requests_processing"] == 0
+    assert metrics.processing == 0
 
 
 async def test_the_chat_template_answers_a_question(real: Served) -> None:
@@ -136,7 +136,7 @@ async def test_a_client_that_disconnects_frees_its_slot(
 
         async def idle() -> bool:
             metrics = parse_metrics((await client.get(f"{base}/metrics")).text)
-            return metrics["requests_processing"] == 0
+            return metrics.processing == 0
 
         deadline = asyncio.get_running_loop().time() + 30
         while not await idle():

@@ -18,8 +18,8 @@ from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.memory import whole_model_memory
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.settings import EngineSettings
-from quorum_tui.engine.supervisor import parse_metrics
 from quorum_tui.errors import QuorumError
+from quorum_tui.wire import parse_metrics
 
 REWRITE = (
     "def area(width, height):\n    return width * height\n\n\n"
@@ -50,7 +50,7 @@ async def test_ngram_speculation_keeps_the_greedy_text(
     plain, _ = await greedy(real_model_file, EngineSettings(slots=1), workers)
     spec, metrics = await greedy(real_model_file, EngineSettings(slots=1, spec="ngram"), workers)
     assert spec == plain
-    assert metrics["spec_decode_num_accepted_tokens_total"] > 0, "nothing was speculated"
+    assert metrics.values["spec_decode_num_accepted_tokens_total"] > 0, "nothing was speculated"
 
 
 async def test_the_target_as_its_own_draft_keeps_the_greedy_text(
@@ -61,8 +61,8 @@ async def test_the_target_as_its_own_draft_keeps_the_greedy_text(
     plain, _ = await greedy(real_model_file, EngineSettings(slots=1), workers, 48)
     spec, metrics = await greedy(real_model_file, settings, workers, 48)
     assert spec == plain
-    drafted = metrics["spec_decode_num_draft_tokens_total"]
-    assert drafted > 0 and metrics["spec_decode_num_accepted_tokens_total"] > 0.9 * drafted
+    drafted = metrics.values["spec_decode_num_draft_tokens_total"]
+    assert drafted > 0 and metrics.values["spec_decode_num_accepted_tokens_total"] > 0.9 * drafted
 
 
 def with_other_tokens(source: Path, dest: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from quorum_tui.cluster.inventory import load_inventory
-from quorum_tui.cluster.sshlab import SshLab
+from quorum_tui.lab.sshlab import SshLab
 from quorum_tui.tui.app import QuorumApp
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.dialogs import ConfirmDialog, HostForm

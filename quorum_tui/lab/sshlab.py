@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import select
 import shutil
@@ -33,7 +34,9 @@ from pathlib import Path
 
 from quorum_tui.engine.localcluster import free_port
 from quorum_tui.errors import QuorumError
+from quorum_tui.logs import logged
 
+log = logging.getLogger(__name__)
 SSHD = "/usr/sbin/sshd"
 IS_ROOT = os.geteuid() == 0
 _LABS = itertools.count()
@@ -301,7 +304,7 @@ class SshLab:
     def _forward(self, wire: str, delay_s: float) -> None:
         """Start `forward_frames` in `wire`; it runs until the lab closes its stdin."""
         log = self.root / f"{wire}.log"
-        code = "import sys; from quorum_tui.cluster.sshlab import forward_frames; forward_frames"
+        code = "import sys; from quorum_tui.lab.sshlab import forward_frames; forward_frames"
         with log.open("w") as err:
             relay = subprocess.Popen(
                 [TOOLS["ip"], "netns", "exec", wire, sys.executable, "-c",
@@ -374,25 +377,25 @@ class SshLab:
 
     def close(self) -> None:
         """Kill every process of the lab and delete its namespaces, whatever fails on the way."""
-        with contextlib.suppress(Exception):
+        with logged(log, "killing the lab's processes"):
             self.kill_workers()
         for host in self.hosts:
-            with contextlib.suppress(Exception):
+            with logged(log, f"stopping lab host {host.name}"):
                 host.stop()
-        with contextlib.suppress(Exception):
+        with logged(log, "killing the lab's processes"):
             self.kill_workers()
         for relay in self.forwarders:
-            with contextlib.suppress(Exception):
+            with logged(log, "stopping a frame relay"):
                 relay.kill()
                 relay.wait(5)
         if self.netns_mode:
             for veth in self.links:
-                with contextlib.suppress(Exception):
+                with logged(log, f"deleting link {veth}"):
                     sh("ip", "link", "del", veth, check=False)
             for ns in self.namespaces:
-                with contextlib.suppress(Exception):
+                with logged(log, f"deleting namespace {ns}"):
                     sh("ip", "netns", "del", ns, check=False)
-            with contextlib.suppress(Exception):
+            with logged(log, f"deleting bridge {self.bridge}"):
                 sh("ip", "link", "del", self.bridge, check=False)
 
 
