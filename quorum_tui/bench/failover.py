@@ -19,11 +19,9 @@ from typing import Any
 
 import httpx
 
-from quorum_tui import paths
-from quorum_tui.deploy.deployment import Deployment, Prepared
+from quorum_tui.deploy.deployment import Deployment, Prepared, Target
 from quorum_tui.deploy.events import DeployEvent, FailedOver
 from quorum_tui.engine.gguf_info import inspect_model
-from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan, even_counts
 from quorum_tui.engine.supervisor import Loaded
 from quorum_tui.errors import QuorumError
@@ -94,22 +92,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         seen: list[DeployEvent] = []
-        cluster = LocalCluster(paths.ensure(paths.data_dir() / "bench-failover"))
-        await asyncio.to_thread(cluster.start, 3)
-        try:
-            plan = LayerPlan.from_counts(info.n_layers, even_counts(info.n_layers, 3), cluster.refs)
-            async with (
-                Deployment(on_event=seen.append) as deployment,
-                httpx.AsyncClient(timeout=600) as http,
-            ):
-                base = await deployment.start(Prepared(path, info, plan))
-                undisturbed, _ = await timed_stream(http, base, args.tokens, args.at, None)
-                victim = cluster.workers[1]
-                text, pause = await timed_stream(
-                    http, base, args.tokens, args.at, lambda v=victim: v.kill(signal.SIGKILL)
-                )
-        finally:
-            await asyncio.to_thread(cluster.stop)
+        async with (
+            Deployment(Target(local_workers=3), on_event=seen.append) as deployment,
+            httpx.AsyncClient(timeout=600) as http,
+        ):
+            await deployment.connect_workers()
+            plan = LayerPlan.from_counts(
+                info.n_layers, even_counts(info.n_layers, 3), deployment.workers
+            )
+            base = await deployment.start(Prepared(path, info, plan))
+            undisturbed, _ = await timed_stream(http, base, args.tokens, args.at, None)
+            local = deployment.pool.local
+            assert local is not None
+            victim = local.workers[1]
+            text, pause = await timed_stream(
+                http, base, args.tokens, args.at, lambda v=victim: v.kill(signal.SIGKILL)
+            )
         loads = [e.load_s for e in seen if isinstance(e, Loaded)]
         failed = [e for e in seen if isinstance(e, FailedOver)]
         rounds.append(

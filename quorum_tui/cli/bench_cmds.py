@@ -10,6 +10,7 @@ BENCHES: tuple[str, ...] = (
     "engine",
     "spec",
     "failover",
+    "chaos",
     "plan",
     "download",
     "tunnel",

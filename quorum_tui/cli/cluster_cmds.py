@@ -9,13 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from quorum_tui.cluster.bringup import (
-    BringUpOptions,
-    Cluster,
-    check,
-    down,
-    supervise,
-)
+from quorum_tui.cluster.bringup import BringUpOptions, Cluster, check, down
 from quorum_tui.cluster.events import HostEvent, HostKeyQuestion
 from quorum_tui.cluster.inventory import (
     TRANSPORTS,
@@ -195,10 +189,20 @@ def print_results(cluster: Any, as_json: bool) -> None:
 
 async def _up(inv: Any, args: argparse.Namespace) -> int:
     from quorum_tui.deploy.deployment import Deployment, Target
+    from quorum_tui.deploy.pool import WorkerEvent
 
     options = options_from_args(args)
     target = Target(cluster_file=inv.path, bring_up=options, all_hosts=False)
-    async with Deployment(target) as deployment:
+    hosts = EventPrinter()
+
+    def printer(event: Any) -> None:
+        if isinstance(event, HostEvent):
+            hosts(event)
+        elif isinstance(event, WorkerEvent):
+            print(f"{event.worker.name}: {event.state}: {event.reason}", file=sys.stderr)
+
+    async with Deployment(target, on_event=printer) as deployment:
+        deployment.pool.ssh_every = args.interval
         await deployment.connect_workers()
         cluster = deployment.cluster
         assert cluster is not None
@@ -213,7 +217,7 @@ async def _up(inv: Any, args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            await supervise(cluster, options, args.interval)
+            await deployment.wait()
     return 0 if not cluster.failed else 1
 
 

@@ -15,11 +15,15 @@ from quorum_tui.deploy.events import (
     DeployEvent,
     FailedOver,
     FailingOver,
+    Phase,
+    PhaseChanged,
     Planned,
+    RejoinFailed,
     WorkerBack,
     WorkersReady,
 )
 from quorum_tui.deploy.plans import PlanRequest
+from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.plan import WorkerRef, parse_split
 from quorum_tui.engine.settings import DEFAULT_CTX, DEFAULT_SLOTS, EngineSettings
 from quorum_tui.engine.speculation import MODES as SPEC_MODES
@@ -121,6 +125,11 @@ def target_from_args(args: argparse.Namespace) -> Target:
     return Target(tuple(workers_from_args(args)), cluster, bring_up=options)
 
 
+TOLD = (Phase.WAITING, Phase.REJOINING, Phase.FAILED, Phase.STOPPED)
+"""The phases the printer announces (loading, serving and failing over have lines of their
+own)."""
+
+
 class DeployPrinter:
     """Deployment events as lines on stderr: downloads, warnings, the planner's reasons."""
 
@@ -159,4 +168,11 @@ class DeployPrinter:
             )
         elif isinstance(event, WorkerBack):
             print(f"worker {event.worker.name} ({event.worker.endpoint}) is back", file=self.out)
+        elif isinstance(event, WorkerEvent):
+            print(f"worker {event.worker.name}: {event.state}: {event.reason}", file=self.out)
+        elif isinstance(event, RejoinFailed):
+            names = ", ".join(w.name for w in event.workers)
+            print(f"{names} not used again yet: {event.reason}", file=self.out)
+        elif isinstance(event, PhaseChanged) and event.phase in TOLD:
+            print(f"{event.phase}: {event.reason or 'as asked'}", file=self.out)
         self.out.flush()

@@ -461,37 +461,22 @@ async def bring_up(
     return await _run_all(inv, "up", options, names)
 
 
-async def supervise(
-    cluster: Cluster, options: BringUpOptions | None = None, interval: float = 5.0
-) -> None:
-    """Until cancelled, every `interval` s: restart workers that died, reconnect lost hosts.
-
-    A restarted worker keeps its tunnel's local port, so the printed endpoints stay valid.
-    """
-    options = options or BringUpOptions()
-    prompt = _prompt(options)
-
-    async def look_after(index: int) -> None:
-        r = cluster.results[index]
-        if not r.ok or r.session is None:
-            return
-        try:
-            status = await launch.worker_status(r.session, r.host.rpc_port)
-            process = r.tunnel.process if r.tunnel else None
-            if process is not None and process.returncode is not None:
-                reason = "the ssh tunnel exited; reopening it"
-            elif status.status == "running":
-                return
-            else:
-                end = await launch.worker_end(r.session, r.host.rpc_port)
-                reason = f"{end or 'the worker process is gone'}; restarting it"
-        except HostFailure as exc:
-            reason = f"{exc.reason}; reconnecting"
-        await bring_back(cluster, index, options, reason, prompt)
-
-    while True:
-        await asyncio.sleep(interval)
-        await asyncio.gather(*(look_after(i) for i in range(len(cluster.results))))
+async def trouble(result: HostResult) -> str | None:
+    """Why host `result` needs bringing back (its worker died, its tunnel or connection
+    dropped), or None while it is fine. One remote command."""
+    if not result.ok or result.session is None:
+        return None
+    try:
+        status = await launch.worker_status(result.session, result.host.rpc_port)
+        process = result.tunnel.process if result.tunnel else None
+        if process is not None and process.returncode is not None:
+            return "the ssh tunnel exited; reopening it"
+        if status.status == "running":
+            return None
+        end = await launch.worker_end(result.session, result.host.rpc_port)
+        return f"{end or 'the worker process is gone'}; restarting it"
+    except HostFailure as exc:
+        return f"{exc.reason}; reconnecting"
 
 
 async def bring_back(

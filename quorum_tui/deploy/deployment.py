@@ -1,27 +1,29 @@
 """One deployment: workers + model + plan -> a coordinator serving at Quorum's own endpoint.
 
-Every entry point goes through here: `quorum run`, `serve`, `bench`, the demo and the app's
-Apply, Stop and Chat. The flow is written once: bring the workers up (given endpoints, the
-cluster file's hosts over SSH, or local demo workers), resolve the model, plan, check the
-workers, start llama-server with the settings of engine.settings, and follow it. The
-gateway's address stays the same across coordinator restarts.
+Every entry point goes through here: `quorum run`, `serve`, `up`, `bench`, the demo and the
+app. The deployment is a state machine (`Phase`) whose every transition is a `PhaseChanged`
+event; transitions run one at a time, and a new intent (start, stop, close) interrupts the one
+under way. Only `close()` (or `--no-failover`'s first failure) ends it: a worker that dies or
+comes back changes the plan, not whether Quorum serves, and a failure while serving leaves it
+`waiting` with the reason, trying again as workers return. The workers it started, local and
+SSH, are the pool's (deploy.pool) to watch and restart. The gateway's address stays the same
+across coordinator restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from quorum_tui import paths
-from quorum_tui.cluster.bringup import BringUpOptions, Cluster, bring_up
+from quorum_tui.cluster.bringup import BringUpOptions, Cluster
 from quorum_tui.cluster.inventory import load_inventory, resolve_path
 from quorum_tui.deploy.events import (
     DeployEvent,
@@ -29,35 +31,58 @@ from quorum_tui.deploy.events import (
     FailedOver,
     FailingOver,
     ModelReady,
+    Phase,
+    PhaseChanged,
     Planned,
+    RejoinFailed,
     Serving,
-    Stopped,
     WorkerBack,
     WorkersReady,
 )
 from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.gateway import Gateway
 from quorum_tui.deploy.plans import PlanRequest, make_plan
+from quorum_tui.deploy.pool import WorkerPool
 from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
 from quorum_tui.engine.cpucheck import CpuVerdict
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.llama_server import ServerOptions, server_binary
-from quorum_tui.engine.localcluster import LocalCluster, free_port
+from quorum_tui.engine.localcluster import free_port
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import Explanation
 from quorum_tui.engine.probe import probe_all
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.speculation import Speculation, check_draft
-from quorum_tui.engine.supervisor import CoordinatorProcess, Loaded, Ready, preflight
+from quorum_tui.engine.supervisor import (
+    CoordinatorEvent,
+    CoordinatorProcess,
+    Explain,
+    Loaded,
+    Ready,
+    preflight,
+)
 from quorum_tui.errors import QuorumError
 from quorum_tui.wire import PlanBody, StageBody
 
+log = logging.getLogger(__name__)
+
 REJOIN_AFTER = 30.0
 """Seconds a worker lost to a failover must answer again before it is used again."""
-REJOIN_POLL = 2.0
-REASON_WAIT = 20.0
-"""Seconds a broken generation waits for the coordinator's exit, to say which worker died."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often the deployment looks and how long it waits (tests shorten them)."""
+
+    rejoin_poll: float = 2.0
+    """Seconds between probes of the workers lost to failovers."""
+    reason_wait: float = 20.0
+    """Seconds a broken reply waits to learn whether another coordinator takes it over."""
+    retry_first: float = 2.0
+    retry_max: float = 60.0
+    """A deployment waiting after a failure tries again after 2 s, doubling up to 60 s; a
+    rejoin that failed is tried again on the same back-off."""
 
 
 @dataclass(frozen=True)
@@ -150,16 +175,6 @@ def local_free() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def is_loopback(endpoint: str) -> bool:
-    host = endpoint.rpartition(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def plan_body(
     model: Path, plan: LayerPlan, realized: Sequence[int], load_s: float, away: Sequence[str]
 ) -> PlanBody:
@@ -179,21 +194,66 @@ def plan_body(
     )
 
 
-@dataclass
+class Coordinator(Protocol):
+    """What the deployment needs of a coordinator process (engine.supervisor's, or a test's)."""
+
+    dead: list[WorkerRef]
+    cpu: CpuVerdict | None
+
+    @property
+    def url(self) -> str: ...
+
+    async def start(self) -> None: ...
+    def events(self, stall_check: float = 10.0) -> AsyncIterator[CoordinatorEvent]: ...
+    async def stop(self, grace: float = 5.0) -> None: ...
+    async def failure_reason(self) -> str: ...
+
+
+Launcher = Callable[
+    [Path, LayerPlan, ServerOptions, list[int] | None, Explain], Awaitable[Coordinator]
+]
+
+
+async def launch_llama_server(
+    model: Path,
+    plan: LayerPlan,
+    options: ServerOptions,
+    device_counts: list[int] | None,
+    explain: Explain,
+) -> Coordinator:
+    """llama-server, with the CPU kernels this machine proved (the check runs off the loop)."""
+    binary = await asyncio.to_thread(server_binary)
+    return CoordinatorProcess(model, plan, options, device_counts, binary=binary, explain=explain)
+
+
+@dataclass(eq=False)
 class _Running:
-    process: CoordinatorProcess
+    """A coordinator this deployment started, and what became of it."""
+
+    process: Coordinator
     prepared: Prepared
     realized: tuple[int, ...] = ()
     load_s: float = 0.0
-    follower: asyncio.Task[str | None] | None = None
     stopping: bool = False
+    ended: asyncio.Future[str | None] = field(default_factory=lambda: _future())
+    """Why it stopped (None: it was asked to), once it has."""
+    successor: asyncio.Future[bool] = field(default_factory=lambda: _future())
+    """Whether another coordinator takes over its replies, once that is decided."""
+
+    def decide(self, coming: bool) -> None:
+        if not self.successor.done():
+            self.successor.set_result(coming)
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
 
 
 class Deployment:
     """Workers, model and plan to a coordinator behind a stable endpoint; `close` ends all.
 
-    Events go to `on_event` as they happen. Workers that this deployment started (local
-    workers) stop with it; SSH workers keep running and only their tunnels close.
+    Events go to `on_event` as they happen. Workers this deployment started stop with it
+    (local ones) or keep running with their tunnels closed (SSH hosts).
     """
 
     def __init__(
@@ -204,6 +264,8 @@ class Deployment:
         on_event: EventSink | None = None,
         failover: bool = True,
         rejoin_after: float | None = REJOIN_AFTER,
+        launcher: Launcher = launch_llama_server,
+        timing: Timing | None = None,
     ) -> None:
         self.target = target or Target()
         self.failover = failover
@@ -214,25 +276,54 @@ class Deployment:
         self.settings = settings or EngineSettings()
         self.access = access or Access()
         self.on_event = on_event
+        self.launcher = launcher
+        self.timing = timing or Timing()
+        self.pool = WorkerPool(self.emit)
+        self.pool.add_given(self.target.workers)
         self.workers: list[WorkerRef] = list(self.target.workers)
-        self.local_workers = sum(1 for w in self.workers if is_loopback(w.endpoint))
-        self.cluster: Cluster | None = None
-        self.local: LocalCluster | None = None
+        """The workers plans are made over (all of the pool's unless `use_workers` chose)."""
         self.gateway: Gateway | None = None
-        self._running: _Running | None = None
-        self.last_stop: str | None = None
-        """Why the last coordinator stopped (None: it was asked to, or none has run)."""
+        self.phase = Phase.IDLE
+        self.reason: str | None = None
+        """Why the deployment is in its phase, when a failure put it there."""
         self.home: Prepared | None = None
         """The plan served before failovers, restored when the dead workers are back."""
         self.away: list[WorkerRef] = []
         """Workers lost to failovers, not yet back in the plan."""
-        self._recovery: asyncio.Task[bool] | None = None
+        self._running: _Running | None = None
+        self._served: dict[str, _Running] = {}
+        """The coordinators started, by URL, for replies that break off from one of them."""
+        self._wanted: Prepared | None = None
+        """The plan a waiting deployment tries to serve again."""
+        self._lock = asyncio.Lock()
+        self._transition: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._watch: asyncio.Task[None] | None = None
-        self._switching = False
+        self._retry: asyncio.Task[None] | None = None
+        self._retry_delay = self.timing.retry_first
+        self._rejoin_delay = self.timing.retry_first
+        self._rejoin_not_before = 0.0
+        self._stopped = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+        self._measuring: set[str] = set()
 
     def emit(self, event: DeployEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+    def _enter(self, phase: Phase, reason: str | None, plan: LayerPlan | None) -> None:
+        if (phase, reason) == (self.phase, self.reason):
+            return
+        previous, self.phase, self.reason = self.phase, phase, reason
+        log.info("deployment: %s -> %s%s", previous, phase, f" ({reason})" if reason else "")
+        self.emit(PhaseChanged(phase, previous, reason, plan))
+
+    # ----- what it is doing
+
+    @property
+    def local_workers(self) -> int:
+        """How many of the plan's workers compute on this machine's cores."""
+        return sum(1 for w in self.workers if self.pool.runs_here(w))
 
     @property
     def threads(self) -> int:
@@ -245,33 +336,59 @@ class Deployment:
         gateway = self.gateway
         return gateway.url if gateway is not None and gateway.upstream else None
 
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The coordinator serving now, if any."""
+        return self._running.process if self._running else None
+
+    @property
+    def serving(self) -> bool:
+        return self.phase == Phase.SERVING
+
+    @property
+    def serving_plan(self) -> LayerPlan | None:
+        """The plan of the coordinator running (or loading) now."""
+        return self._running.prepared.plan if self._running else None
+
+    @property
+    def realized(self) -> tuple[int, ...] | None:
+        """Where llama.cpp put each layer (output last), once the coordinator has loaded."""
+        running = self._running
+        return running.realized if running is not None and running.realized else None
+
+    @property
+    def busy(self) -> set[str]:
+        """The endpoints a coordinator or a measurement is using: an RPC worker serves one
+        client at a time, so a probe of one of these would wait."""
+        plan = self.serving_plan
+        return {w.endpoint for w in plan.workers} if plan else set(self._measuring)
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The cluster file's hosts this deployment brought up, if any."""
+        return self.pool.clusters[0] if self.pool.clusters else None
+
     # ----- workers, model, plan
 
-    def use_workers(self, workers: Sequence[WorkerRef], local: int) -> None:
-        """Plan over `workers` from now on, `local` of them running on this machine."""
+    def use_workers(self, workers: Sequence[WorkerRef]) -> None:
+        """Plan over `workers` (some of the pool's) from now on."""
         self.workers = list(workers)
-        self.local_workers = local
 
     async def connect_workers(self) -> list[WorkerRef]:
         """Bring the target's workers up: SSH hosts with their tunnels, or local workers."""
         warnings: list[str] = []
-        if self.target.cluster_file is not None and self.cluster is None:
-            if self.target.workers:
+        target = self.target
+        if target.cluster_file is not None and not self.pool.clusters:
+            if target.workers:
                 raise QuorumError("use either --cluster or --worker, not both")
-            inventory = load_inventory(resolve_path(self.target.cluster_file))
-            options = self.target.bring_up or BringUpOptions()
-            if options.on_event is None:
-                options = replace(options, on_event=self.emit)
-            self.cluster = await bring_up(inventory, options)
-            if self.target.all_hosts:
-                self.cluster.require_all()
-            self.workers = self.cluster.workers
-            self.local_workers = 0
-            warnings = [f"{r.host.name}: {w}" for r in self.cluster.results for w in r.warnings]
-        elif self.target.local_workers and self.local is None:
-            self.local = await start_local_workers(self.target.local_workers)
-            self.workers = self.local.refs
-            self.local_workers = len(self.workers)
+            inventory = load_inventory(resolve_path(target.cluster_file))
+            cluster = await self.pool.add_hosts(inventory, target.bring_up or BringUpOptions())
+            if target.all_hosts:
+                cluster.require_all()
+            warnings = [f"{r.host.name}: {w}" for r in cluster.results for w in r.warnings]
+        elif target.local_workers and self.pool.local is None:
+            await self.pool.add_local(target.local_workers)
+        self.workers = self.pool.refs
         self.emit(WorkersReady(tuple(self.workers), tuple(warnings)))
         return self.workers
 
@@ -313,23 +430,132 @@ class Deployment:
     ) -> tuple[LayerPlan, Explanation | None]:
         """The plan `request` asks for over the current workers (the planner measures them
         with the threads the coordinator will use)."""
-        plan, explanation = await make_plan(
-            info, self.workers, request, self.settings, self.threads, draft
-        )
+        self._measuring = {w.endpoint for w in self.workers} if request.auto else set()
+        try:
+            plan, explanation = await make_plan(
+                info, self.workers, request, self.settings, self.threads, draft
+            )
+        finally:
+            self._measuring = set()
         self.emit(Planned(plan, explanation))
         return plan, explanation
 
+    # ----- intents
+
+    async def start(self, prepared: Prepared) -> str:
+        """Serve `prepared` (stopping what served before); returns Quorum's endpoint.
+
+        A start that does not come up (a worker that fails its check, a plan llama.cpp did not
+        realize) raises QuorumError with the reason, and leaves the deployment `failed`.
+        """
+
+        if self.phase == Phase.STOPPED:
+            raise QuorumError("this deployment was closed: start a new one")
+
+        async def apply() -> str:
+            self._forget_failures()
+            self._wanted = None
+            try:
+                return await self._launch(prepared, Phase.LOADING)
+            except QuorumError as exc:
+                self._enter(Phase.FAILED, str(exc), prepared.plan)
+                raise
+
+        return await self._exclusive(apply(), interrupt=True)
+
+    async def stop_coordinator(self) -> None:
+        """Stop serving (the deployment stays, idle, until the next start)."""
+
+        async def stop() -> None:
+            self._forget_failures()
+            await self._stop_running(successor=False)
+            if self.gateway is not None:
+                self.gateway.pause("the coordinator was stopped")
+            if self.phase not in (Phase.IDLE, Phase.STOPPED):
+                self._enter(Phase.IDLE, None, None)
+
+        await self._exclusive(stop(), interrupt=True)
+
+    async def rejoin(self) -> None:
+        """Serve the home plan again now, with the workers failovers had left out."""
+        await self._exclusive(self._rejoin(), interrupt=False)
+
+    async def wait(self) -> str | None:
+        """Until the deployment is stopped for good: why (None when it was asked to)."""
+        await self._stopped.wait()
+        return self.reason
+
+    async def close(self) -> None:
+        """Stop the coordinator and the gateway; stop local workers, close SSH tunnels."""
+
+        async def close() -> None:
+            self._forget_failures()
+            await self._stop_running(successor=False)
+
+        if self.phase == Phase.STOPPED:
+            return
+        await self._exclusive(close(), interrupt=True)
+        await self._finish(None)
+
+    async def _close_for(self, reason: str) -> None:
+        """End after a failure that --no-failover does not recover from."""
+        await self._exclusive(self._stop_running(successor=False), interrupt=True)
+        await self._finish(reason)
+
+    async def __aenter__(self) -> Deployment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----- transitions, one at a time
+
+    async def _exclusive(self, work: Coroutine[Any, Any, Any], interrupt: bool) -> Any:
+        """Run `work` as the only transition; `interrupt` cancels the one under way first."""
+        if interrupt and self._transition is not None:
+            self._transition.cancel()
+        async with self._lock:
+            task = asyncio.ensure_future(work)
+            self._transition = task
+            try:
+                return await task
+            finally:
+                if self._transition is task:
+                    self._transition = None
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task whose failure is logged, never lost."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def _finish(self, reason: str | None) -> None:
+        """The end: nothing runs any more, and `wait()` returns `reason`."""
+        for task in [self._watch, self._retry, *self._tasks]:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.wait({task})
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
+        await self.pool.close()
+        self._enter(Phase.STOPPED, reason, None)
+        self._stopped.set()
+
     # ----- the coordinator
 
-    async def start(self, prepared: Prepared, recovering: bool = False) -> str:
-        """Load `prepared` in a new coordinator (stopping the old one) and serve it.
-
-        Returns Quorum's endpoint; raises QuorumError with the reason when the coordinator
-        does not come up (a worker that fails its check, a plan llama.cpp did not realize).
-        While `recovering`, replies interrupted by the old one wait for this one.
-        """
-        await self.stop_coordinator()
-        self.last_stop = None
+    async def _launch(self, prepared: Prepared, phase: Phase, recovering: bool = False) -> str:
+        """Stop the coordinator serving now (its replies wait for this one) and serve
+        `prepared`; QuorumError with the reason when it does not come up."""
+        await self._stop_running(successor=True)
+        self._enter(phase, None if phase == Phase.LOADING else self.reason, prepared.plan)
         gateway = await self._gateway()
         gateway.pause("the coordinator is loading the model", recovering=recovering)
         try:
@@ -350,20 +576,20 @@ class Deployment:
             repack=self.settings.repack,
             speculation=speculation,
         )
-        binary = await asyncio.to_thread(server_binary)
-        process = CoordinatorProcess(
+        process = await self.launcher(
             prepared.path,
             prepared.plan,
             options,
             [len(r.devices) for r in results] or None,
-            binary=binary,
-            explain=self._worker_end,
+            self._worker_end,
         )
         running = _Running(process, prepared)
         self._running = running
-        await process.start()
-        events = process.events()
+        self._served = {**dict(list(self._served.items())[-7:]), process.url: running}
+        events: AsyncIterator[CoordinatorEvent] | None = None
         try:
+            await process.start()
+            events = process.events()
             async for event in events:
                 self.emit(event)
                 if isinstance(event, Loaded):
@@ -373,32 +599,34 @@ class Deployment:
             else:
                 reason = await process.failure_reason()
                 gateway.pause(reason)
-                self._running = None
                 raise QuorumError(reason)
         except BaseException:
-            await events.aclose()
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]
             if self._running is running:
                 self._running = None
+            running.stopping = True
             await process.stop()
+            if not running.ended.done():
+                running.ended.set_result(None)
             raise
-        body = plan_body(
-            prepared.path, prepared.plan, running.realized, running.load_s,
-            [w.name for w in self.away],
-        )  # fmt: skip
+        away = [w.name for w in self.away]
+        body = plan_body(prepared.path, prepared.plan, running.realized, running.load_s, away)
         gateway.serve(process.url, body)
-        running.follower = asyncio.create_task(self._follow(running, events))
-        self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized))
+        self._spawn(self._follow(running, events), "coordinator follower")
+        self._enter(Phase.SERVING, None, prepared.plan)
+        self._retry_delay = self.timing.retry_first
+        self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized, options.alias))
         return gateway.url
 
-    async def _worker_end(self, worker: WorkerRef) -> str | None:
-        """How a worker this deployment started ended, when its process is gone."""
-        local = self.local
-        if local is None:
-            return None
-        for process in local.workers:
-            if process.ref == worker and not process.alive():
-                return process.death(tail_lines=0)
-        return None
+    async def _stop_running(self, successor: bool) -> None:
+        """Stop the coordinator serving now; `successor` says whether another follows."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        running.stopping = True
+        running.decide(successor)
+        await running.process.stop()
 
     async def _gateway(self) -> Gateway:
         if self.gateway is None:
@@ -408,71 +636,128 @@ class Deployment:
             self.gateway = gateway
         return self.gateway
 
-    async def _on_broken(self, url: str) -> bool:
-        """A reply from `url` broke off: wait for that coordinator's end to be known, then
-        whether another one is coming."""
-        running = self._running
-        if running is not None and running.process.url == url and running.follower is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(running.follower), REASON_WAIT)
-        gateway = self.gateway
-        return gateway is not None and (gateway.recovering or gateway.upstream not in (None, url))
+    async def _worker_end(self, worker: WorkerRef) -> str | None:
+        """How a worker the pool started ended, when its process is gone."""
+        return await self.pool.death(worker)
 
-    async def _follow(self, running: _Running, events: AsyncIterator[Any]) -> str | None:
+    async def _on_broken(self, url: str) -> bool:
+        """A reply from `url` broke off: whether another coordinator takes it over (once the
+        deployment has decided, within `timing.reason_wait` seconds)."""
+        running = self._served.get(url)
+        if running is None:
+            gateway = self.gateway
+            return gateway is not None and gateway.recovering
+        try:
+            wait = self.timing.reason_wait
+            return await asyncio.wait_for(asyncio.shield(running.successor), wait)
+        except TimeoutError:
+            return False
+
+    async def _follow(self, running: _Running, events: AsyncIterator[Any]) -> None:
+        """Pass on the coordinator's events until it exits; an exit nobody asked for is a
+        failure the deployment handles."""
         async for event in events:
             self.emit(event)
-        reason = None if running.stopping else await running.process.failure_reason()
-        self.last_stop = reason
-        if self._running is running:
-            self._running = None
-        gateway = self.gateway
-        if self._switching or gateway is None:
-            return reason
-        dead = running.process.dead
-        if reason and self.failover and dead:
-            gateway.failure = reason
-            gateway.pause(reason, recovering=True)
-            self.emit(FailingOver(running.prepared.plan, tuple(dead), reason, time.time()))
-            self._recovery = asyncio.create_task(self._fail_over(running, reason))
-            return reason
-        gateway.pause(reason or "the coordinator was stopped")
-        self.emit(Stopped(running.prepared.plan, reason))
-        return reason
+        if running.stopping:
+            running.ended.set_result(None)
+            return
+        reason = await running.process.failure_reason()
+        running.ended.set_result(reason)
+        self._spawn(self._exclusive(self._died(running, reason), interrupt=False), "failover")
 
-    async def _fail_over(self, running: _Running, reason: str) -> bool:
-        """Re-plan on the survivors and serve again; the interrupted replies resume."""
-        started = time.monotonic()
-        prepared, plan = running.prepared, running.prepared.plan
+    async def _died(self, running: _Running, reason: str) -> None:
+        """The coordinator stopped by itself: fail over to the survivors (or end, without
+        failover); a failover that cannot serve leaves the deployment waiting."""
+        if self._running is not running:
+            running.decide(False)
+            return
+        self._running = None
+        gateway = await self._gateway()
+        if not self.failover:
+            running.decide(False)
+            gateway.pause(reason)
+            self._closing = asyncio.create_task(self._close_for(reason), name="close")
+            return
         dead = list(running.process.dead)
+        self.pool.look_now()
+        gateway.failure = reason
+        gateway.pause(reason, recovering=True)
+        running.decide(True)
+        self.emit(FailingOver(running.prepared.plan, tuple(dead), reason, time.time()))
+        self._enter(Phase.RECOVERING, reason, running.prepared.plan)
+        started = time.monotonic()
+        prepared = running.prepared
         try:
-            survivors = [w for w in plan.workers if w not in dead]
-            results = await probe_all([w.endpoint for w in survivors], timeout=2.0)
-            dead += [w for w, r in zip(survivors, results, strict=True) if not r.ok]
-            alive = [(w, r) for w, r in zip(survivors, results, strict=True) if r.ok]
-            free = [local_free(), *(r.free for _, r in alive)]
-            new = survivor_plan(prepared.info, plan, dead, free, self.settings, prepared.draft)
+            new = await self._survivors(prepared, dead)
+            await self._launch(replace(prepared, plan=new), Phase.RECOVERING, recovering=True)
+        except QuorumError as exc:
+            self._wait(self.home or prepared, f"{reason}; no failover: {exc}")
+            return
+        self.emit(FailedOver(prepared.plan, new, tuple(self.away), time.monotonic() - started))
+
+    async def _survivors(self, prepared: Prepared, dead: list[WorkerRef]) -> LayerPlan:
+        """The plan over the workers of `prepared` that answer (the dead ones' layers moved)."""
+        plan = prepared.plan
+        survivors = [w for w in plan.workers if w not in dead]
+        results = await probe_all([w.endpoint for w in survivors], timeout=2.0)
+        dead = dead + [w for w, r in zip(survivors, results, strict=True) if not r.ok]
+        alive = [r for r in results if r.ok]
+        free = [local_free(), *(r.free for r in alive)]
+        new = survivor_plan(prepared.info, plan, dead, free, self.settings, prepared.draft)
+        if dead:
             self.home = self.home or prepared
             self.away += [w for w in dead if w not in self.away]
-            await self.start(replace(prepared, plan=new), recovering=True)
-        except QuorumError as exc:
-            why = f"{reason}; no failover: {exc}"
-            self.last_stop = why
-            if self.gateway is not None:
-                self.gateway.pause(why)
-            self.emit(Stopped(plan, why))
-            return False
-        self.emit(FailedOver(plan, new, tuple(dead), time.monotonic() - started))
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._watch_away())
-        return True
+            self._watch_away()
+        return new
 
-    async def _watch_away(self) -> None:
+    # ----- waiting, rejoining
+
+    def _wait(self, prepared: Prepared, reason: str) -> None:
+        """Nothing serves: say why (503 with the reason), and try again with a back-off."""
+        self._wanted = prepared
+        if self.gateway is not None:
+            self.gateway.pause(reason)
+        self._enter(Phase.WAITING, reason, None)
+        delay = self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, self.timing.retry_max)
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = self._spawn(self._retry_after(delay), "retry")
+        self._watch_away()
+
+    async def _retry_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry = None
+        await self._exclusive(self._try_again(), interrupt=False)
+
+    async def _try_again(self) -> None:
+        """Serve again after a failure: the home plan when all its workers answer, else the
+        plan its answering workers can hold."""
+        wanted = self._wanted
+        if self.phase != Phase.WAITING or wanted is None:
+            return
+        try:
+            new = await self._survivors(wanted, [])
+            prepared = replace(wanted, plan=new)
+            phase = Phase.REJOINING if new == wanted.plan and self.away else Phase.RECOVERING
+            await self._launch(prepared, phase, recovering=True)
+        except QuorumError as exc:
+            self._wait(wanted, str(exc))
+            return
+        if new == wanted.plan:
+            self.home, self.away, self._wanted = None, [], None
+
+    def _watch_away(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = self._spawn(self._watch_loop(), "rejoin watch")
+
+    async def _watch_loop(self) -> None:
         """Probe the workers lost to failovers; once all answer for `rejoin_after` seconds
-        and no reply is in flight, restore the home plan."""
+        and no reply is in flight, restore the home plan (or, while waiting, try at once)."""
         back: dict[str, float] = {}
         told: set[str] = set()
         while self.away:
-            await asyncio.sleep(REJOIN_POLL)
+            await asyncio.sleep(self.timing.rejoin_poll)
             away = list(self.away)
             results = await probe_all([w.endpoint for w in away], timeout=1.0)
             now = time.monotonic()
@@ -486,59 +771,57 @@ class Deployment:
                 if now - since >= quiet and worker.endpoint not in told:
                     told.add(worker.endpoint)
                     self.emit(WorkerBack(worker, now - since))
-            if self.rejoin_after is None or len(told) < len(away):
+            if len(told) < len(away) or now < self._rejoin_not_before:
                 continue
-            if self.gateway is not None and self.gateway.in_flight == 0 and self.serving:
-                with contextlib.suppress(QuorumError):
-                    await self.rejoin()
+            if self.phase == Phase.WAITING:
+                await self._exclusive(self._try_again(), interrupt=False)
+            elif self.rejoin_after is not None and self.phase == Phase.SERVING:
+                gateway = self.gateway
+                if gateway is not None and gateway.in_flight == 0:
+                    await self._exclusive(self._rejoin(), interrupt=False)
+            if self.away and len(told) == len(away):
+                told.clear()
+                back.clear()
 
-    async def rejoin(self) -> None:
-        """Serve the home plan again, with the workers that failovers had left out."""
-        home = self.home
-        if home is None:
+    async def _rejoin(self) -> None:
+        """The home plan again; if it does not come up, the plan that served goes on serving
+        and the rejoin is tried again later (after a back-off)."""
+        home, running = self.home, self._running
+        if home is None or running is None or self.phase != Phase.SERVING:
             return
-        self.home, self.away = None, []
-        self._switching = True
+        returning = tuple(self.away)
+        names = ", ".join(w.name for w in returning)
+        results = await probe_all([w.endpoint for w in returning], timeout=2.0)
+        silent = [
+            f"{w.name} {r.reason}" for w, r in zip(returning, results, strict=True) if not r.ok
+        ]
+        if silent:
+            self.emit(RejoinFailed(returning, f"not back yet: {'; '.join(silent)}", 0.0))
+            return
+        self._enter(Phase.REJOINING, f"{names} answer again", home.plan)
         try:
-            await self.start(home, recovering=True)
-        finally:
-            self._switching = False
-
-    async def wait(self) -> str | None:
-        """Until the deployment stops serving for good: the reason, or None when it was
-        stopped. A failover that serves again is not an end."""
-        while True:
-            running = self._running
-            if running is not None and running.follower is not None:
-                await asyncio.shield(running.follower)
-                continue
-            recovery = self._recovery
-            if recovery is not None and not recovery.done():
-                await asyncio.shield(recovery)
-                continue
-            return self.last_stop
-
-    async def stop_coordinator(self) -> None:
-        running = self._running
-        if running is None:
+            await self._launch(home, Phase.REJOINING, recovering=True)
+        except QuorumError as exc:
+            delay = self._rejoin_delay
+            self._rejoin_delay = min(delay * 2, self.timing.retry_max)
+            self._rejoin_not_before = time.monotonic() + delay
+            self.emit(RejoinFailed(returning, str(exc), delay))
+            try:
+                await self._launch(running.prepared, Phase.RECOVERING, recovering=True)
+            except QuorumError as again:
+                self._wait(home, f"the rejoin failed ({exc}), and so did {again}")
             return
-        running.stopping = True
-        await running.process.stop()
-        if running.follower is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.follower
-        if self._running is running:
-            self._running = None
+        self.home, self.away, self._rejoin_delay = None, [], self.timing.retry_first
 
-    @property
-    def coordinator(self) -> CoordinatorProcess | None:
-        """The llama-server child serving now, if any."""
-        return self._running.process if self._running else None
+    def _forget_failures(self) -> None:
+        """A stop asked for: no failover memory, no retries."""
+        for task in (self._watch, self._retry):
+            if task is not None:
+                task.cancel()
+        self._watch = self._retry = None
+        self.home, self.away, self._wanted = None, [], None
 
-    @property
-    def serving(self) -> bool:
-        running = self._running
-        return running is not None and running.follower is not None and not self._switching
+    # ----- generating
 
     async def generate(self, request: CompletionRequest) -> AsyncIterator[Piece | Completed]:
         """Stream a completion through Quorum's endpoint; a broken stream becomes the
@@ -550,12 +833,11 @@ class Deployment:
             async for item in stream_completion(self.gateway.url, request, self.access.api_key):
                 yield item
         except QuorumError:
-            follower = running.follower
-            if follower is not None:
-                with contextlib.suppress(TimeoutError):
-                    reason = await asyncio.wait_for(asyncio.shield(follower), REASON_WAIT)
-                    if reason:
-                        raise QuorumError(reason) from None
+            with contextlib.suppress(TimeoutError):
+                wait = self.timing.reason_wait
+                reason = await asyncio.wait_for(asyncio.shield(running.ended), wait)
+                if reason:
+                    raise QuorumError(reason) from None
             raise
 
     async def run(self, request: CompletionRequest, out: Any = None) -> RunResult:
@@ -574,41 +856,3 @@ class Deployment:
         assert done is not None
         now = self._running or running
         return RunResult(now.prepared.plan, now.realized, now.load_s, done, now.process.cpu)
-
-    async def close(self) -> None:
-        """Stop the coordinator and the gateway; stop local workers, close SSH tunnels."""
-        for task in (self._watch, self._recovery):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self.stop_coordinator()
-        if self.gateway is not None:
-            await self.gateway.close()
-            self.gateway = None
-        if self.cluster is not None:
-            await self.cluster.close()
-            self.cluster = None
-        if self.local is not None:
-            await asyncio.to_thread(self.local.stop)
-            self.local = None
-
-    async def __aenter__(self) -> Deployment:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-async def start_local_workers(count: int) -> LocalCluster:
-    """`count` workers on this machine, each with all its cores, as `quorum worker` has: only
-    one stage computes at a time, and a batch or a long prompt uses them all (measured with
-    `quorum bench engine --worker-threads`: 2 threads against 1 on 2 cores, the first token
-    of a 1,000-token prompt in 5.8 s against 7.4 s, 4 clients 1.73x one against 1.43x)."""
-    cluster = LocalCluster(paths.ensure(paths.data_dir() / "local-workers"))
-    try:
-        await asyncio.to_thread(cluster.start, count)
-    except BaseException:
-        await asyncio.to_thread(cluster.stop)
-        raise
-    return cluster

@@ -36,6 +36,8 @@ FAILOVER_WAIT = 300.0
 UPSTREAM_KEEPALIVE = 2.0
 """Seconds an idle connection to llama-server is kept: less than its own 5, after which it
 closes them, so a request never goes out on a connection the server is closing."""
+SHUTDOWN_WAIT = 2.0
+"""Seconds the streams still running get to finish when the gateway closes."""
 PUBLIC = frozenset({"/health"})
 HOP_BY_HOP = frozenset(
     {
@@ -121,7 +123,9 @@ class Gateway:
             timeout=ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_WAIT
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         try:
@@ -136,6 +140,9 @@ class Gateway:
             self.port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
+        """Stop serving: replies waiting for a coordinator end now (cut short, with the
+        reason), streams still running get SHUTDOWN_WAIT seconds to finish."""
+        self.pause("Quorum is shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

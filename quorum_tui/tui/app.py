@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,18 +12,19 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from quorum_tui.deploy.deployment import Deployment, Prepared, start_local_workers
+from quorum_tui.deploy.deployment import Deployment, Prepared, Target
 from quorum_tui.deploy.events import (
     DeployEvent,
     FailedOver,
-    FailingOver,
+    Phase,
+    PhaseChanged,
+    RejoinFailed,
     Serving,
-    Stopped,
     WorkerBack,
 )
 from quorum_tui.deploy.plans import PlanRequest
+from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.gguf_info import ModelInfo
-from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.supervisor import Loaded, Loading
 from quorum_tui.errors import QuorumError
@@ -73,23 +73,16 @@ class QuorumApp(SshActions, ModelActions):
         self.setup = setup or Setup()
         self.info: ModelInfo | None = None
         self.model_path: Path | None = None
-        self.worker_refs: list[WorkerRef] = list(self.setup.workers)
         self.plan: LayerPlan | None = None
         self.hosts: list[HostStatus] = [HostStatus("coordinator", COORDINATOR_HOST, state="idle")]
         self.local_free_bytes: int | None = self.setup.local_free
-        self.cluster: LocalCluster | None = None
-        self.pids: dict[str, int] = {}
         self.deployment = Deployment(
-            settings=self.setup.settings, on_event=self.deployed, rejoin_after=None
+            Target(workers=tuple(self.setup.workers)),
+            settings=self.setup.settings,
+            on_event=self.deployed,
+            rejoin_after=None,
         )
-        self.coordinator_state = "idle"
-        self.serving_plan: LayerPlan | None = None
-        self.realized: list[int] | None = None
-        self.url: str | None = None
         self.errors: list[str] = []
-        self.workers_in_use: set[str] = set()
-        self.workers_back: set[str] = set()
-        """Workers lost to a failover that answer again: ctrl+r uses them."""
         self.draft: ModelInfo | None = None
         """The draft model, once draft speculation is chosen and its vocabulary checked."""
         self.demo_applied = False
@@ -97,7 +90,7 @@ class QuorumApp(SshActions, ModelActions):
         self.auto_plans: dict[tuple[str, tuple[WorkerRef, ...]], LayerPlan] = {}
         self._sampler = LocalSampler()
         self._keymap_error: str | None = None
-        self.ssh = SshHosts(self.setup.cluster_file)
+        self.ssh = SshHosts(self.deployment.pool, self.setup.cluster_file)
         self._init_hosts()
         try:
             self.set_keymap(load_keymap())
@@ -166,6 +159,28 @@ class QuorumApp(SshActions, ModelActions):
             address = ref.endpoint.rsplit(":", 1)[0]
             self.hosts.append(HostStatus(ref.name, address, ref.endpoint))
 
+    # ----- the core's state, as the app shows it
+
+    @property
+    def worker_refs(self) -> list[WorkerRef]:
+        """Every worker the deployment's pool has: given, local demo workers, SSH hosts."""
+        return self.deployment.pool.refs
+
+    @property
+    def url(self) -> str | None:
+        """The OpenAI-compatible endpoint while a coordinator serves."""
+        url = self.deployment.url
+        return f"{url}/v1" if url else None
+
+    @property
+    def realized(self) -> list[int] | None:
+        realized = self.deployment.realized
+        return list(realized) if realized is not None else None
+
+    def demo_refs(self) -> list[WorkerRef]:
+        pool = self.deployment.pool
+        return [r for r in pool.refs if pool.is_local(r)]
+
     def binding_ids(self) -> set[str]:
         ids = set()
         for holder in binding_holders():
@@ -198,7 +213,8 @@ class QuorumApp(SshActions, ModelActions):
     def show_plan(self) -> None:
         plan = self.plan
         free = self.stage_free(plan) if plan else []
-        realized = self.realized if plan is not None and plan == self.serving_plan else None
+        serving = self.deployment.serving_plan
+        realized = self.realized if plan is not None and plan == serving else None
         for pane in self.query(LayersPane):
             pane.show(
                 self.info, plan, free, self.deployment.settings, realized, self.advice, self.draft
@@ -206,10 +222,7 @@ class QuorumApp(SshActions, ModelActions):
 
     def set_coordinator_status(self, text: str | Text | None = None) -> None:
         if text is None:
-            text = {
-                "idle": "coordinator: not started; press a (Apply) to load the plan",
-                "stopped": "coordinator: stopped",
-            }.get(self.coordinator_state, f"coordinator: {self.coordinator_state}")
+            text = phase_text(self.deployment.phase, self.deployment.reason)
         for pane in self.query(LayersPane):
             pane.set_status(text)
 
@@ -224,11 +237,11 @@ class QuorumApp(SshActions, ModelActions):
         for pane in self.query(ClusterPane):
             pane.log_line(text)
 
-    def set_chat_endpoint(self, url: str | None, summary: str) -> None:
+    def set_chat_endpoint(self, url: str | None, summary: str, model: str = "") -> None:
         pane = self.query_one(ChatPane)
         if self.info is not None and is_synthetic(self.info):
             pane.max_tokens = SYNTHETIC_REPLY_TOKENS
-        pane.set_endpoint(url, summary, self.advice if url else "")
+        pane.set_endpoint(url, summary, self.advice if url else "", model)
 
     def replan(self) -> None:
         """A new plan from the planner when the model or the workers changed."""
@@ -297,10 +310,6 @@ class QuorumApp(SshActions, ModelActions):
     def measuring(self) -> bool:
         return any(w.is_running for w in self.workers if w.group == "auto")
 
-    @property
-    def coordinator_busy(self) -> bool:
-        return any(w.is_running for w in self.workers if w.group == "coordinator")
-
     @work(exclusive=True, group="auto", exit_on_error=False)
     async def measure_plan(self, key: tuple[str, tuple[WorkerRef, ...]]) -> None:
         assert self.info is not None
@@ -308,23 +317,16 @@ class QuorumApp(SshActions, ModelActions):
         self.set_coordinator_status(
             f"Auto: measuring the coordinator and {len(workers)} worker(s), about half a minute..."
         )
-        self.workers_in_use = {w.endpoint for w in workers}
-        self.deployment.use_workers(workers, self.local_count(workers))
+        self.deployment.use_workers(workers)
         try:
             plan, explanation = await self.deployment.plan(self.info, PlanRequest(auto=True))
         except QuorumError as exc:
             self.post_message(msg.Failed("auto plan", str(exc)))
             return
         finally:
-            self.workers_in_use = set()
             self.set_coordinator_status()
         lines = explanation.lines() if explanation else []
         self.post_message(msg.AutoPlanned(key, plan, lines))
-
-    def local_count(self, workers: list[WorkerRef]) -> int:
-        """How many of `workers` are this app's local demo workers (they share its cores)."""
-        local = {r.endpoint for r in self.cluster.refs} if self.cluster else set()
-        return sum(1 for w in workers if w.endpoint in local)
 
     def on_auto_planned(self, message: msg.AutoPlanned) -> None:
         self.auto_plans[message.key] = message.plan
@@ -373,34 +375,21 @@ class QuorumApp(SshActions, ModelActions):
         if self.measuring:
             self.notify("Auto is measuring the workers: Apply when it is done", severity="warning")
             return
-        await self.stop_coordinator()
-        self.realized = None
-        self.serving_plan = self.plan
-        self.coordinator_state = "preflight"
-        self.set_coordinator_status(f"coordinator: checking the workers for {self.plan.summary()}")
+        self.set_chat_endpoint(None, "")
         self.show_plan()
         self.run_coordinator(Prepared(self.model_path, self.info, self.plan, draft=self.draft))
 
     async def action_stop_coordinator(self) -> None:
-        was = self.deployment.serving or self.coordinator_busy
         await self.stop_coordinator()
-        if was:
-            self.coordinator_state = "stopped"
-            self.set_coordinator_status()
 
-    async def stop_coordinator(self, quitting: bool = False) -> None:
+    async def stop_coordinator(self) -> None:
         self.workers.cancel_group(self, "coordinator")
         await self.deployment.stop_coordinator()
-        self.workers_in_use = set()
-        self.url = None
-        if not quitting:
-            self.set_chat_endpoint(None, "")
+        self.set_chat_endpoint(None, "")
 
     @work(exclusive=True, group="coordinator", exit_on_error=False)
     async def run_coordinator(self, prepared: Prepared) -> None:
-        workers = list(prepared.plan.workers)
-        self.deployment.use_workers(workers, self.local_count(workers))
-        self.workers_in_use = {w.endpoint for w in workers}
+        self.deployment.use_workers(list(prepared.plan.workers))
         try:
             await self.deployment.start(prepared)
         except QuorumError as exc:
@@ -412,84 +401,63 @@ class QuorumApp(SshActions, ModelActions):
 
     def on_deployed(self, message: msg.Deployed) -> None:
         event = message.event
-        if isinstance(event, Loading):
-            self.coordinator_state = "loading"
-            self.set_coordinator_status(f"coordinator: loading {event.plan.summary()}")
+        if isinstance(event, PhaseChanged):
+            self.on_phase(event)
+        elif isinstance(event, Loading):
             self.note(f"coordinator log: {event.log_path}")
             self.note(event.cpu)
         elif isinstance(event, Loaded):
-            self.realized = list(event.realized)
             self.show_plan()
             self.note(f"loaded in {event.load_s:.1f}s: {event.plan.summary()}")
         elif isinstance(event, Serving):
             self.on_serving(event)
-        elif isinstance(event, Stopped) and event.reason is not None:
-            self.post_message(msg.CoordinatorStopped(event.plan, event.reason))
-        elif isinstance(event, FailingOver):
-            self.coordinator_state = "failing over"
-            self.set_coordinator_status(
-                Text.assemble(("◆ failing over: ", "bold yellow"), event.reason)
-            )
-            self.report("failover", event.reason)
-            self.restart_workers(list(event.dead))
         elif isinstance(event, FailedOver):
-            self.plan = self.serving_plan = event.plan
+            self.plan = event.plan
             self.note(
                 f"failed over in {event.seconds:.1f}s: {event.before.summary()} -> "
                 f"{event.plan.summary()}"
             )
         elif isinstance(event, WorkerBack):
-            self.workers_back.add(event.worker.name)
             self.note(f"worker {event.worker.name} ({event.worker.endpoint}) is back")
             self.notify(
                 f"worker {event.worker.name} is back: press ctrl+r to use it again",
                 title="rejoin",
                 timeout=30,
             )
+        elif isinstance(event, RejoinFailed):
+            self.report("rejoin", event.reason)
+        elif isinstance(event, WorkerEvent):
+            self.on_worker_event(event)
 
-    @work(group="restart", exit_on_error=False)
-    async def restart_workers(self, dead: list[WorkerRef]) -> None:
-        """Start the workers a failover lost again, on their endpoints: local demo workers
-        here, SSH hosts' through their kept connections."""
-        for worker in dead:
-            local = None
-            if self.cluster is not None:
-                local = next((w for w in self.cluster.workers if w.ref == worker), None)
-            try:
-                if local is not None and self.cluster is not None:
-                    again = await asyncio.to_thread(self.cluster.restart, local)
-                    self.pids[again.name] = again.process.pid
-                elif worker.name in self.ssh_host_names():
-                    await self.ssh.bring_back(
-                        worker.name, self.host_event_callback, self.ask_host_key
-                    )
-                else:
-                    continue
-            except QuorumError as exc:
-                self.post_message(msg.Failed(f"worker {worker.name}", str(exc)))
-                continue
-            self.post_message(msg.Note(f"worker {worker.name} restarted at {worker.endpoint}"))
+    def on_phase(self, event: PhaseChanged) -> None:
+        """The deployment moved: the status line, the chat's endpoint and the host row."""
+        self.set_coordinator_status(phase_text(event.phase, event.reason, event.plan))
+        if event.phase in (Phase.RECOVERING, Phase.WAITING, Phase.FAILED) and event.reason:
+            self.report(PHASE_WHAT[event.phase], event.reason)
+        if event.phase in (Phase.WAITING, Phase.FAILED):
+            self.set_chat_endpoint(None, event.plan.summary() if event.plan else "")
+            self.query_one(ChatPane).report_error(f"The coordinator stopped: {event.reason}")
+            self.hosts[0].state = "error"
+            self.show_hosts()
+
+    def on_worker_event(self, event: WorkerEvent) -> None:
+        """A worker the deployment started died, is being restarted, or is back."""
+        row = next((h for h in self.hosts if h.name == event.worker.name), None)
+        if row is not None:
+            row.state = {"up": "starting", "down": "down"}.get(event.state, event.state)
+            row.reason = event.reason
+            self.show_hosts()
+        self.note(f"worker {event.worker.name}: {event.state}: {event.reason}")
 
     async def action_rejoin(self) -> None:
-        away = {w.name for w in self.deployment.away}
-        if not away:
+        if not self.deployment.away:
             self.notify("no worker is waiting to rejoin", severity="warning")
             return
-        if not away <= self.workers_back:
-            missing = ", ".join(sorted(away - self.workers_back))
-            self.notify(f"{missing} does not answer yet", severity="warning")
-            return
-        self.workers_back.clear()
         self.notify(f"using {', '.join(w.name for w in self.deployment.away)} again")
-        try:
-            await self.deployment.rejoin()
-        except QuorumError as exc:
-            self.report("rejoin", str(exc))
+        await self.deployment.rejoin()
 
     def on_serving(self, event: Serving) -> None:
-        self.coordinator_state = "serving"
-        self.url = event.url
-        plan = self.plan = self.serving_plan = event.plan
+        plan = self.plan = event.plan
         coordinator = self.deployment.coordinator
         cpu = coordinator.cpu.summary() if coordinator and coordinator.cpu else ""
         self.set_coordinator_status(
@@ -499,8 +467,8 @@ class QuorumApp(SshActions, ModelActions):
                 (f"\n{cpu}" if cpu else "", "dim"),
             )
         )
-        self.note(f"coordinator ready at {self.url}")
-        self.set_chat_endpoint(self.url, plan.summary())
+        self.note(f"coordinator ready at {event.url}")
+        self.set_chat_endpoint(event.url, plan.summary(), event.model)
         self.hosts[0].state = "serving"
         self.show_hosts()
         if self.setup.demo_workers and not self.demo_chatted:
@@ -508,17 +476,8 @@ class QuorumApp(SshActions, ModelActions):
             self.action_tab("chat")
 
     def on_coordinator_stopped(self, message: msg.CoordinatorStopped) -> None:
-        self.workers_in_use = set()
-        self.coordinator_state = "error"
-        self.url = None
+        """A start that was asked for did not come up (the phase line says why)."""
         self.set_chat_endpoint(None, message.plan.summary())
-        self.query_one(ChatPane).report_error(f"The coordinator stopped: {message.reason}")
-        self.set_coordinator_status(
-            Text.assemble(("✖ coordinator stopped: ", "bold red"), message.reason)
-        )
-        self.hosts[0].state = "error"
-        self.show_hosts()
-        self.report("coordinator", message.reason)
 
     # ----- messages
 
@@ -548,7 +507,7 @@ class QuorumApp(SshActions, ModelActions):
         )
 
     def action_demo(self) -> None:
-        if self.cluster is not None:
+        if self.demo_refs():
             self.notify("the demo cluster is already running")
             return
         self.setup.demo_workers = self.setup.demo_workers or DEMO_WORKERS
@@ -562,17 +521,13 @@ class QuorumApp(SshActions, ModelActions):
     async def start_demo(self, count: int) -> None:
         self.note(f"starting {count} local workers on 127.0.0.1...")
         try:
-            cluster = await start_local_workers(count)
+            workers = await self.deployment.pool.add_local(count)
         except QuorumError as exc:
             self.post_message(msg.Failed("demo cluster", str(exc)))
             return
-        self.cluster = cluster
-        pids = {w.name: w.process.pid for w in cluster.workers}
-        self.post_message(msg.DemoStarted(cluster.refs, pids))
+        self.post_message(msg.DemoStarted(workers))
 
     def on_demo_started(self, message: msg.DemoStarted) -> None:
-        self.pids.update(message.pids)
-        self.worker_refs = [*message.workers, *self.ssh.workers()]
         demo = [
             HostStatus(r.name, "127.0.0.1", r.endpoint, state="starting") for r in message.workers
         ]
@@ -586,28 +541,37 @@ class QuorumApp(SshActions, ModelActions):
     def demo_ready(self) -> None:
         """The demo applies its plan by itself once its workers and model are both there,
         so the first thing a newcomer sees is a model ready to chat."""
-        if self.cluster is None or self.info is None or self.demo_applied or self.plan is None:
+        demo = self.demo_refs()
+        if not demo or self.info is None or self.demo_applied or self.plan is None:
             return
-        if {w.endpoint for w in self.plan.workers} != {r.endpoint for r in self.cluster.refs}:
+        if {w.endpoint for w in self.plan.workers} != {r.endpoint for r in demo}:
             return
         self.demo_applied = True
         self.call_later(self.action_apply)
 
     def action_refresh(self) -> None:
         if self.setup.live:
-            self.sample_hosts()
+            self.action_refresh_hosts()
             if self.ssh.up:
                 self.sample_ssh_hosts()
 
+    def action_refresh_hosts(self) -> None:
+        self.sample_hosts(self.local_pids(), self.deployment.busy)
+
+    def local_pids(self) -> dict[str, int]:
+        """The processes of the demo workers the deployment started, by name."""
+        pool = self.deployment.pool
+        return {r.name: pid for r in self.demo_refs() if (pid := pool.pid(r)) is not None}
+
     @work(thread=True, exclusive=True, group="sample", exit_on_error=False)
-    def sample_hosts(self) -> None:
+    def sample_hosts(self, pids: dict[str, int], busy: set[str]) -> None:
         samples = []
         for host in list(self.hosts):
             sample = msg.Sample(host.name, host.endpoint)
             if host.address == COORDINATOR_HOST:
                 sample.cpu, sample.used, sample.total = self._sampler.machine()
             else:
-                pid = self.pids.get(host.name)
+                pid = pids.get(host.name)
                 if pid is not None:
                     measured = self._sampler.process(pid)
                     if measured is None:
@@ -615,7 +579,7 @@ class QuorumApp(SshActions, ModelActions):
                     else:
                         sample.cpu, sample.used = measured
                         sample.total = self._sampler.total_memory()
-                if sample.state is None and host.endpoint in self.workers_in_use:
+                if sample.state is None and host.endpoint in busy:
                     sample.state = "serving"
                 elif sample.state is None:
                     result = probe_host(host)
@@ -648,29 +612,48 @@ class QuorumApp(SshActions, ModelActions):
                 host.free = sample.free
             host.add_sample(sample.cpu, sample.used, sample.total)
         self.show_hosts()
-        if self.plan is not None and self.coordinator_state not in ("loading", "preflight"):
+        if self.plan is not None and self.deployment.phase != Phase.LOADING:
             self.show_plan()
 
     # ----- shutdown
 
     async def action_quit(self) -> None:
-        await self.stop_coordinator(quitting=True)
+        self.workers.cancel_group(self, "coordinator")
         await self.deployment.close()
-        self.stop_cluster()
-        await self.ssh.close()
         self.exit()
 
-    def stop_cluster(self) -> None:
-        cluster, self.cluster = self.cluster, None
-        if cluster is not None:
-            cluster.stop()
-
     async def on_unmount(self) -> None:
-        await self.stop_coordinator(quitting=True)
+        self.workers.cancel_group(self, "coordinator")
         await self.deployment.close()
-        self.stop_cluster()
-        await self.ssh.close()
         thaw_heap()
+
+
+PHASE_WHAT = {
+    Phase.RECOVERING: "failover",
+    Phase.WAITING: "coordinator",
+    Phase.FAILED: "coordinator",
+}
+
+
+def phase_text(phase: Phase, reason: str | None, plan: LayerPlan | None = None) -> str | Text:
+    """The Layers screen's coordinator line for a phase of the deployment."""
+    on = f" {plan.summary()}" if plan is not None else ""
+    if phase == Phase.IDLE:
+        return "coordinator: not started; press a (Apply) to load the plan"
+    if phase == Phase.LOADING:
+        return f"coordinator: loading{on}"
+    if phase in (Phase.RECOVERING, Phase.REJOINING):
+        word = "failing over" if phase == Phase.RECOVERING else "rejoining"
+        return Text.assemble((f"◆ {word}: ", "bold yellow"), reason or f"loading{on}")
+    if phase == Phase.WAITING:
+        return Text.assemble(
+            ("✖ waiting: ", "bold red"), f"{reason}; serving again as workers come back"
+        )
+    if phase == Phase.FAILED:
+        return Text.assemble(("✖ coordinator stopped: ", "bold red"), reason or "")
+    if phase == Phase.STOPPED:
+        return "coordinator: stopped"
+    return f"coordinator: {phase}{on}"
 
 
 def binding_holders() -> list[type[Any]]:

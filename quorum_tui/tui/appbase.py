@@ -7,7 +7,7 @@ from pathlib import Path
 from textual.app import App
 
 from quorum_tui.engine.gguf_info import ModelInfo
-from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.tui.hosts import HostStatus
 from quorum_tui.tui.session import Setup
 from quorum_tui.tui.sshhosts import SshHosts
@@ -19,11 +19,17 @@ class AppBase(App[None]):
     setup: Setup
     ssh: SshHosts
     hosts: list[HostStatus]
-    pids: dict[str, int]
-    worker_refs: list[WorkerRef]
+    plan: LayerPlan | None
     info: ModelInfo | None
     model_path: Path | None
     local_free_bytes: int | None
+
+    @property
+    def worker_refs(self) -> list[WorkerRef]:
+        raise NotImplementedError
+
+    def demo_refs(self) -> list[WorkerRef]:
+        raise NotImplementedError
 
     def report(self, what: str, reason: str) -> None:
         raise NotImplementedError

@@ -63,9 +63,11 @@ class MessageView(Vertical, can_focus=True):
     MessageView .message-meta.stopped, MessageView .message-meta.error { color: $warning; }
     """
 
-    def __init__(self, message: Message, *, live: bool = False) -> None:
+    def __init__(self, message: Message, *, live: bool = False, model: str = "") -> None:
         super().__init__(classes=message.role)
         self.message = message
+        self.model = model or "Model"
+        """Who wrote an assistant message: the name the server gave its model."""
         self.live = live
         self.meta = Static(self._meta_text(), classes=f"message-meta {message.role}", markup=False)
         sources = [] if live else split_markdown(message.text, CHUNK_CHARS)
@@ -95,9 +97,9 @@ class MessageView(Vertical, can_focus=True):
         if self.message.role == "user":
             return "You"
         if self.live:
-            return "Model · waiting for the first token…"
+            return f"{self.model} · waiting for the first token…"
         detail = describe_reply(self.message)
-        return f"Model · {detail}" if detail else "Model"
+        return f"{self.model} · {detail}" if detail else self.model
 
     def show_live(self, stats: ReplyStats) -> None:
         """Refresh the header with the reply's timing so far."""
@@ -106,7 +108,7 @@ class MessageView(Vertical, can_focus=True):
             parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
         if stats.ttft_s is not None:
             parts.append(f"first token {stats.ttft_s:.2f} s")
-        self.meta.update("Model · streaming · " + " · ".join(parts))
+        self.meta.update(f"{self.model} · streaming · " + " · ".join(parts))
 
     def write(self, text: str) -> None:
         """Add streamed text: blocks it completes are frozen, the open block is the tail."""
@@ -277,6 +279,8 @@ class ChatPane(Vertical):
         self.store = store
         self.session = ChatSession(store)
         self.url: str | None = None
+        self.model = "Model"
+        """The served model's name, as the server lists it (the file's, or --alias)."""
         self.plan_summary = ""
         self.note = ""
         self.max_tokens = 512
@@ -314,10 +318,15 @@ class ChatPane(Vertical):
         """True while a reply streams."""
         return self._reply_worker is not None and self._reply_worker.is_running
 
-    def set_endpoint(self, url: str | None, plan_summary: str, note: str = "") -> None:
+    def set_endpoint(
+        self, url: str | None, plan_summary: str, note: str = "", model: str = ""
+    ) -> None:
         """Send prompts to `url` (an OpenAI-compatible base like http://127.0.0.1:PORT/v1),
         served with the plan `plan_summary`; None means no coordinator is running. `note`
-        is shown under the endpoint (whether the model needs sharding at all)."""
+        is shown under the endpoint (whether the model needs sharding at all); `model` is the
+        name the server gives its model."""
+        if model:
+            self.model = model
         old = self.client
         if url != self.url:
             self.client = ChatClient(url) if url else None
@@ -345,7 +354,7 @@ class ChatPane(Vertical):
             return
         plan = f" · plan {self.plan_summary}" if self.plan_summary else ""
         note = f"\n{self.note}" if self.note else ""
-        line.update(f"Model at {self.url}{plan}{note}")
+        line.update(f"{self.model} at {self.url}{plan}{note}")
         line.remove_class("down")
 
     async def _notice(self, text: str, *, error: bool = True) -> None:
@@ -388,7 +397,8 @@ class ChatPane(Vertical):
             session.messages.append(user)
             await self._notice(f"This conversation is not being kept: {exc}")
         plan = self.plan_summary or None
-        view = MessageView(reply_message("", ReplyStats(), "complete", plan), live=True)
+        reply_view = reply_message("", ReplyStats(), "complete", plan)
+        view = MessageView(reply_view, live=True, model=self.model)
         await chat_log.mount_all([MessageView(user), view])
         chat_log.anchor()
         reply = client.chat(
@@ -506,7 +516,7 @@ class ChatPane(Vertical):
         self.session = ChatSession(self.store, conversation)
         log = self.query_one("#chat-log", VerticalScroll)
         await log.remove_children()
-        await log.mount_all([MessageView(m) for m in conversation.messages])
+        await log.mount_all([MessageView(m, model=self.model) for m in conversation.messages])
         log.scroll_end(animate=False)
         self.query_one("#chat-input", Input).focus()
 

@@ -48,9 +48,9 @@ class Note(Message):
 
 
 class DemoStarted(Message):
-    def __init__(self, workers: list[WorkerRef], pids: dict[str, int]) -> None:
+    def __init__(self, workers: list[WorkerRef]) -> None:
         super().__init__()
-        self.workers, self.pids = workers, pids
+        self.workers = workers
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
+from quorum_tui.deploy.events import Phase
 from quorum_tui.tui.app import QuorumApp
 from quorum_tui.tui.session import DEMO_MODEL, Setup
 
@@ -31,13 +32,13 @@ async def take(directory: Path, size: tuple[int, int] = (120, 40)) -> list[Path]
         saved.append(Path(app.save_screenshot(f"quorum-{name}.svg", str(directory))))
 
     async with app.run_test(size=size) as pilot:
-        await _until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
+        await _until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
         await pilot.pause(0.5)
         for key in "What is the capital of France?":
             await pilot.press({" ": "space", "?": "question_mark"}.get(key, key))
         await pilot.press("enter")
         await _until(
-            pilot, lambda: re.search(r"Model · [\d.]+ tokens/s", _chat_meta(app)) is not None
+            pilot, lambda: re.search(r" · [\d.]+ tokens/s", _chat_meta(app)) is not None
         )
         await pilot.pause(0.5)
         save("chat")

@@ -75,7 +75,8 @@ class SshActions(AppBase):
             return
         known = {h.name: h for h in self.hosts}
         rows = [self.hosts[0]]
-        rows += [h for h in self.hosts[1:] if h.name in self.pids]
+        demo = {r.name for r in self.demo_refs()}
+        rows += [h for h in self.hosts[1:] if h.name in demo]
         for config in message.hosts:
             row = known.get(config.name) or HostStatus(config.name, config.address)
             row.address = config.address
@@ -189,10 +190,8 @@ class SshActions(AppBase):
             self.note(f"{event.host}: {event.state}: {event.reason}")
 
     def on_ssh_done(self, message: SshDone) -> None:
-        fixed = [w for w in self.worker_refs if w.name in self.pids or w in self.setup.workers]
-        workers = fixed + self.ssh.workers()
-        if workers != self.worker_refs:
-            self.worker_refs = workers
+        plan = self.plan
+        if plan is None or list(plan.workers) != self.worker_refs:
             self.replan()
         self.show_hosts()
         self.action_refresh()

@@ -6,16 +6,16 @@ No Textual here: the app passes callbacks for host events and host-key questions
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quorum_tui.cluster import bringup, inventory
-from quorum_tui.cluster.bringup import BringUpOptions, Cluster, HostResult
+from quorum_tui.cluster.bringup import BringUpOptions, HostResult
 from quorum_tui.cluster.events import EventCallback, HostKeyPrompt
 from quorum_tui.cluster.inventory import HostConfig, Inventory
 from quorum_tui.cluster.telemetry import HostSample, sample_all
-from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.deploy.pool import WorkerPool
 from quorum_tui.errors import QuorumError
 
 FORM_KEYS = ("name", "address", "user", "port", "rpc_port", "transport")
@@ -59,11 +59,12 @@ def form_from_host(host: HostConfig) -> dict[str, str]:
 
 @dataclass
 class SshHosts:
-    """The cluster file and the hosts brought up from it (their tunnels stay open here)."""
+    """The cluster file, edited from the host form; bring-ups go to the deployment's worker
+    pool, which keeps the hosts' tunnels and restarts their workers."""
 
+    pool: WorkerPool
     path: Path | None = None
     inventory: Inventory | None = None
-    up: dict[str, tuple[Cluster, HostResult]] = field(default_factory=dict)
 
     def load(self) -> Inventory:
         self.inventory = inventory.load_inventory(self.path, missing_ok=True)
@@ -92,9 +93,11 @@ class SshHosts:
         self.inventory = inventory.remove_host(self.path, name)
         return self.inventory
 
-    def workers(self) -> list[WorkerRef]:
-        """The workers that are up, in file order."""
-        return [self.up[h.name][1].ref for h in self.hosts if h.name in self.up]
+    @property
+    def up(self) -> list[HostResult]:
+        """The cluster file's hosts the pool holds, as they last came up."""
+        names = {h.name for h in self.hosts}
+        return [r for r in self.pool.host_results() if r.ok and r.host.name in names]
 
     async def run(
         self,
@@ -103,53 +106,19 @@ class SshHosts:
         on_event: EventCallback,
         prompt: HostKeyPrompt,
     ) -> list[HostResult]:
-        """`up`, `check` or `down` for some hosts (all when None); keeps what came up."""
+        """`up`, `check` or `down` for some hosts (all when None)."""
         inv = self.load()
         options = BringUpOptions(prompt=prompt, on_event=on_event)
         targets = list(names) if names else [h.name for h in inv.hosts]
-        for name in targets:
-            await self.forget(name)
-        action = {"up": bringup.bring_up, "check": bringup.check, "down": bringup.down}[stage]
-        cluster = await action(inv, options, targets)
-        for result in cluster.results:
-            if stage == "up" and result.ok:
-                self.up[result.host.name] = (cluster, result)
-        if stage != "up":
+        if stage == "check":
+            cluster = await bringup.check(inv, options, targets)
             await cluster.close()
-        return cluster.results
-
-    async def bring_back(
-        self, name: str, on_event: EventCallback, prompt: HostKeyPrompt
-    ) -> HostResult | None:
-        """Restart `name`'s worker if it died, on the same endpoint (None: not up here)."""
-        kept = self.up.get(name)
-        if kept is None:
-            return None
-        cluster, result = kept
-        index = cluster.results.index(result)
-        options = BringUpOptions(prompt=prompt, on_event=on_event)
-        again = await bringup.bring_back(cluster, index, options, "its worker died", prompt)
-        if again.ok:
-            self.up[name] = (cluster, again)
-        return again
-
-    async def forget(self, name: str) -> None:
-        """Close the tunnel and SSH connection kept for `name` (its worker keeps running)."""
-        kept = self.up.pop(name, None)
-        if kept is None:
-            return
-        _, result = kept
-        if result.tunnel is not None:
-            result.tunnel.close()
-            result.tunnel = None
-        if result.session is not None:
-            await result.session.close()
-            result.session = None
+            return cluster.results
+        await self.pool.release(targets)
+        if stage == "up":
+            return (await self.pool.add_hosts(inv, options, targets)).results
+        return (await bringup.down(inv, options, targets)).results
 
     async def sample(self) -> list[HostSample]:
-        sessions = [r.session for _, r in self.up.values() if r.session is not None]
+        sessions = [r.session for r in self.up if r.session is not None]
         return await sample_all(sessions, local=False) if sessions else []
-
-    async def close(self) -> None:
-        for name in list(self.up):
-            await self.forget(name)

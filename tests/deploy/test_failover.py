@@ -21,7 +21,7 @@ import pytest
 
 from quorum_tui.deploy import deployment as deployment_module
 from quorum_tui.deploy.deployment import Deployment, Prepared
-from quorum_tui.deploy.events import DeployEvent, FailedOver, WorkerBack
+from quorum_tui.deploy.events import DeployEvent, FailedOver, Phase, WorkerBack
 from quorum_tui.engine.gguf_info import inspect_model
 from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan
@@ -149,8 +149,11 @@ async def test_survivors_too_small_end_the_reply_with_what_is_missing(
         assert "data: [DONE]" not in events
         error = json.loads(events[-1][6:])["error"]["message"]
         assert "cannot hold the model" in error and "short" in error and "w2" in error
-        reason = await deployment.wait()
-        assert reason is not None and "no failover" in reason
+        deadline = time.monotonic() + 30
+        while deployment.phase != Phase.WAITING:
+            assert time.monotonic() < deadline, deployment.phase
+            await asyncio.sleep(0.05)
+        assert deployment.reason is not None and "no failover" in deployment.reason
         refused = await http.post(f"{base}/v1/completions", json={"prompt": "x"})
         assert refused.status_code == 503 and "cannot hold" in refused.json()["error"]["message"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from quorum_tui.deploy.deployment import Deployment, Target
-from quorum_tui.deploy.events import DeployEvent, Stopped
+from quorum_tui.deploy.events import DeployEvent, Phase, PhaseChanged
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.engine.completion import CompletionRequest
 from quorum_tui.engine.cpucheck import cpu_verdict
@@ -94,8 +94,8 @@ async def test_a_dead_worker_is_named_with_how_it_died(
     async with deployment:
         prepared = await deployment.prepare(str(model), PlanRequest(split=(0, 2, 2)))
         await deployment.start(prepared)
-        assert deployment.local is not None
-        victim = deployment.local.workers[1]
+        assert deployment.pool.local is not None
+        victim = deployment.pool.local.workers[1]
         victim.process.send_signal(sig)
         victim.process.wait(10)
         with pytest.raises(QuorumError):
@@ -104,7 +104,11 @@ async def test_a_dead_worker_is_named_with_how_it_died(
     assert reason is not None
     assert f"worker {victim.name} ({victim.endpoint}) is unreachable" in reason
     assert WORDS[sig].removesuffix(":") in reason
-    assert any(isinstance(e, Stopped) and e.reason == reason for e in events)
+    assert deployment.phase == Phase.STOPPED
+    assert any(
+        isinstance(e, PhaseChanged) and e.phase == Phase.STOPPED and e.reason == reason
+        for e in events
+    )
 
 
 def test_exit_codes_and_other_signals_read_plainly() -> None:

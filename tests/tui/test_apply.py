@@ -11,6 +11,7 @@ import httpx
 import pytest
 from textual.widgets import DataTable, RichLog, Static, TabbedContent
 
+from quorum_tui.deploy.events import Phase
 from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.settings import EngineSettings
@@ -26,6 +27,10 @@ def status_text(app: QuorumApp) -> str:
     return str(app.query_one("#coordinator-status", Static).render())
 
 
+def log_lines(app: QuorumApp) -> list[str]:
+    return [line.text for line in app.query_one("#log", RichLog).lines]
+
+
 def realized_column(app: QuorumApp) -> list[str]:
     table = app.query_one("#stages", DataTable)
     return [str(table.get_cell(key, "Realized")) for key in table.rows]
@@ -34,17 +39,18 @@ def realized_column(app: QuorumApp) -> list[str]:
 async def test_demo_apply_ready_then_a_dead_worker_is_named(tiny_model: Path) -> None:
     app = QuorumApp(Setup(model=str(tiny_model), demo_workers=2))
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
-        assert app.coordinator_state == "serving", "the demo applies its plan by itself"
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
+        assert app.deployment.phase == Phase.SERVING, "the demo applies its plan by itself"
         assert app.plan is not None and app.plan.counts == (0, 3, 2)
         assert app.query_one(TabbedContent).active == "chat"
         assert app.focused is not None and app.focused.id == "chat-input"
-        assert app.cluster is not None
-        pids = [w.process.pid for w in app.cluster.workers]
+        local = app.deployment.pool.local
+        assert local is not None
+        pids = [w.process.pid for w in local.workers]
         await pilot.press("f2", "right", "a")
         await wait_until(pilot, lambda: app.realized == [0, 1, 1, 2, 2, 2])
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
-        assert app.coordinator_state == "serving", app.errors
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
+        assert app.deployment.phase == Phase.SERVING, app.errors
         assert app.plan is not None and app.plan.counts == (1, 2, 2)
         assert realized_column(app) == ["0", "1-2", "3-4+out"]
         assert "ready" in status_text(app)
@@ -52,7 +58,7 @@ async def test_demo_apply_ready_then_a_dead_worker_is_named(tiny_model: Path) ->
             plan = (await client.get(app.url.removesuffix("/v1") + "/quorum/plan")).json()
         assert plan["realized"] == [0, 1, 1, 2, 2, 2]
 
-        app.cluster.workers[1].kill(signal.SIGKILL)
+        local.workers[1].kill(signal.SIGKILL)
         await wait_until(pilot, lambda: app.hosts[2].state == "down")
         assert any("worker w2" in e for e in app.errors)
         async with httpx.AsyncClient() as client:
@@ -68,15 +74,19 @@ async def test_demo_apply_ready_then_a_dead_worker_is_named(tiny_model: Path) ->
             and failover["plan_after"] == "coordinator 0, w1 1-4+out"
         )
         assert [w.name for w in app.deployment.away] == ["w2"]
-        await wait_until(pilot, lambda: app.coordinator_state == "serving")
+        await wait_until(pilot, lambda: app.deployment.phase == Phase.SERVING)
         assert app.plan is not None and app.plan.counts == (1, 4)
         assert any("failover" in e and "worker w2" in e for e in app.errors)
-        await wait_until(pilot, lambda: app.workers_back == {"w2"})
+        await wait_until(
+            pilot,
+            lambda: any("worker w2 (" in line and "is back" in line for line in log_lines(app)),
+            timeout=60,
+        )
         await pilot.press("ctrl+r")
         await wait_until(pilot, lambda: app.plan is not None and app.plan.counts == (1, 2, 2))
-        await wait_until(pilot, lambda: app.coordinator_state == "serving")
+        await wait_until(pilot, lambda: app.deployment.phase == Phase.SERVING)
         assert app.deployment.away == []
-        pids += [w.process.pid for w in app.cluster.workers]
+        pids += [w.process.pid for w in local.workers]
         await pilot.press("1")
         await pilot.pause()
         assert app.query_one(ClusterPane).display
@@ -94,7 +104,7 @@ async def test_apply_with_an_unreachable_worker_names_it(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.plan is not None)
         await pilot.press("a")
-        await wait_until(pilot, lambda: app.coordinator_state == "error")
+        await wait_until(pilot, lambda: app.deployment.phase == Phase.FAILED)
         assert "worker ghost" in status_text(app)
         assert "unreachable" in status_text(app)
         await wait_until(pilot, lambda: app.hosts[2].state == "unreachable")
@@ -119,7 +129,7 @@ async def test_the_speculation_toggle_restarts_the_coordinator_with_it(
         assert app.deployment.settings.spec == "ngram"
         assert "speculation ngram" in str(app.query_one("#model-line", Static).render())
         await pilot.press("a")
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
         coordinator = app.deployment.coordinator
         assert coordinator is not None and "--spec-type" in coordinator.argv, app.errors
         await pilot.press("g")
@@ -127,8 +137,8 @@ async def test_the_speculation_toggle_restarts_the_coordinator_with_it(
         assert app.deployment.settings.spec == "draft"
         assert draft.name in str(app.query_one("#model-line", Static).render())
         await pilot.press("a")
-        await wait_until(pilot, lambda: app.coordinator_state == "loading")
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
+        await wait_until(pilot, lambda: app.deployment.phase == Phase.LOADING)
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
         coordinator = app.deployment.coordinator
         assert coordinator is not None and str(draft) in coordinator.argv, app.errors
         await pilot.press("g")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static, TabbedContent
 
+from quorum_tui.deploy.events import Phase
 from quorum_tui.engine.localcluster import LocalCluster
 from quorum_tui.engine.plan import LayerPlan
 from quorum_tui.tui.app import QuorumApp
@@ -24,7 +25,7 @@ async def test_declining_the_demo_leaves_an_empty_cluster() -> None:
         assert "SmolLM2-135M-Instruct" in body and "fits on one machine" in body
         await pilot.press("n")
         await pilot.pause()
-        assert app.cluster is None and len(app.hosts) == 1
+        assert app.deployment.pool.refs == [] and len(app.hosts) == 1
 
 
 @pytest.mark.slow
@@ -33,12 +34,13 @@ async def test_accepting_the_demo_starts_workers_that_stop_with_the_app() -> Non
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         await pilot.press("y")
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
-        assert app.coordinator_state == "serving", app.errors
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
+        assert app.deployment.phase == Phase.SERVING, app.errors
         assert app.info is not None and app.info.n_layers == 30
         assert app.plan is not None and len(app.plan.workers) == 2
         assert app.query_one(TabbedContent).active == "chat"
-        pids = list(app.pids.values())
+        pids = list(app.local_pids().values())
+        assert len(pids) == 2
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -12,6 +12,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from quorum_tui.cluster.inventory import load_inventory
+from quorum_tui.deploy.events import Phase
 from quorum_tui.lab.sshlab import SshLab
 from quorum_tui.tui.app import QuorumApp
 from quorum_tui.tui.cluster_pane import ClusterPane
@@ -139,8 +140,8 @@ async def test_bring_up_apply_and_stop_over_ssh(lab: SshLab, tiny_model: Path) -
         await wait_until(pilot, lambda: app.plan is not None and len(app.plan.workers) == 1)
         assert app.plan is not None and app.plan.counts == (0, 5)
         await pilot.press("2", "a")
-        await wait_until(pilot, lambda: app.url is not None or app.coordinator_state == "error")
-        assert app.coordinator_state == "serving", app.errors
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
+        assert app.deployment.phase == Phase.SERVING, app.errors
         assert app.realized == [1, 1, 1, 1, 1, 1]
         await pilot.press("1", "S")
         await wait_until(pilot, lambda: app.hosts[1].endpoint is None, timeout=60)
