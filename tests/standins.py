@@ -103,6 +103,7 @@ class FakeCoordinator:
     cpu: None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stopped_on_purpose: bool = False
+    lost_link: bool = False
     _runner: web.AppRunner | None = None
     _links: list[asyncio.StreamWriter] = field(default_factory=list)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -135,7 +136,11 @@ class FakeCoordinator:
         """A worker's connection closed: abort, as llama.cpp does."""
         with contextlib.suppress(ConnectionError):
             await reader.read()
+        self.lost_link = self.lost_link or not self.stopped_on_purpose
         await self._abort()
+
+    def lost_a_worker(self) -> bool:
+        return self.lost_link
 
     async def _abort(self) -> None:
         if self.exited.is_set():

@@ -139,7 +139,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     cluster = LocalCluster(log_dir)
     await asyncio.to_thread(cluster.start, 3)
     port = free_port()
-    counts = [0, *even_counts(info.n_layers, 3)]
+    counts = even_counts(info.n_layers, 3)
     argv = [sys.executable, "-m", "quorum_tui", "serve", str(path), "--port", str(port)]
     argv += ["--split", ",".join(map(str, counts)), "--rejoin-after", "2", "--no-repack"]
     argv += ["--threads", str(cores())]

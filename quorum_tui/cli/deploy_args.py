@@ -125,9 +125,9 @@ def target_from_args(args: argparse.Namespace) -> Target:
     return Target(tuple(workers_from_args(args)), cluster, bring_up=options)
 
 
-TOLD = (Phase.WAITING, Phase.REJOINING, Phase.FAILED, Phase.STOPPED)
-"""The phases the printer announces (loading, serving and failing over have lines of their
-own)."""
+TOLD = (Phase.WAITING, Phase.REJOINING, Phase.STOPPED)
+"""The phases the printer announces with their reason (loading, serving and failing over have
+lines of their own; a failed start is the command's error)."""
 
 
 class DeployPrinter:
@@ -173,6 +173,6 @@ class DeployPrinter:
         elif isinstance(event, RejoinFailed):
             names = ", ".join(w.name for w in event.workers)
             print(f"{names} not used again yet: {event.reason}", file=self.out)
-        elif isinstance(event, PhaseChanged) and event.phase in TOLD:
-            print(f"{event.phase}: {event.reason or 'as asked'}", file=self.out)
+        elif isinstance(event, PhaseChanged) and event.phase in TOLD and event.reason:
+            print(f"{event.phase}: {event.reason}", file=self.out)
         self.out.flush()

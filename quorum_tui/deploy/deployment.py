@@ -83,6 +83,10 @@ class Timing:
     retry_max: float = 60.0
     """A deployment waiting after a failure tries again after 2 s, doubling up to 60 s; a
     rejoin that failed is tried again on the same back-off."""
+    crash_window: float = 10.0
+    """A coordinator that dies on its own (all its workers alive, no RPC connection lost)
+    within this many seconds of starting to serve is crashing: the deployment waits (with the
+    back-off) instead of starting it again at once."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ class Coordinator(Protocol):
     def events(self, stall_check: float = 10.0) -> AsyncIterator[CoordinatorEvent]: ...
     async def stop(self, grace: float = 5.0) -> None: ...
     async def failure_reason(self) -> str: ...
+    def lost_a_worker(self) -> bool: ...
 
 
 Launcher = Callable[
@@ -306,6 +311,7 @@ class Deployment:
         self._stopped = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
         self._measuring: set[str] = set()
+        self._served_since = 0.0
 
     def emit(self, event: DeployEvent) -> None:
         if self.on_event is not None:
@@ -610,11 +616,12 @@ class Deployment:
             if not running.ended.done():
                 running.ended.set_result(None)
             raise
-        away = [w.name for w in self.away]
+        away = [w.name for w in self.away if w not in prepared.plan.workers]
         body = plan_body(prepared.path, prepared.plan, running.realized, running.load_s, away)
         gateway.serve(process.url, body)
         self._spawn(self._follow(running, events), "coordinator follower")
         self._enter(Phase.SERVING, None, prepared.plan)
+        self._served_since = time.monotonic()
         self._retry_delay = self.timing.retry_first
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized, options.alias))
         return gateway.url
@@ -667,7 +674,8 @@ class Deployment:
 
     async def _died(self, running: _Running, reason: str) -> None:
         """The coordinator stopped by itself: fail over to the survivors (or end, without
-        failover); a failover that cannot serve leaves the deployment waiting."""
+        failover); a failover that cannot serve, or a coordinator that keeps crashing with its
+        workers alive, leaves the deployment waiting (and trying again, with a back-off)."""
         if self._running is not running:
             running.decide(False)
             return
@@ -679,6 +687,11 @@ class Deployment:
             self._closing = asyncio.create_task(self._close_for(reason), name="close")
             return
         dead = list(running.process.dead)
+        crashing = time.monotonic() - self._served_since < self.timing.crash_window
+        if not dead and not running.process.lost_a_worker() and crashing:
+            running.decide(False)
+            self._wait(self.home or running.prepared, reason)
+            return
         self.pool.look_now()
         gateway.failure = reason
         gateway.pause(reason, recovering=True)
@@ -806,6 +819,7 @@ class Deployment:
             self._rejoin_delay = min(delay * 2, self.timing.retry_max)
             self._rejoin_not_before = time.monotonic() + delay
             self.emit(RejoinFailed(returning, str(exc), delay))
+            self._enter(Phase.RECOVERING, f"the rejoin failed: {exc}", running.prepared.plan)
             try:
                 await self._launch(running.prepared, Phase.RECOVERING, recovering=True)
             except QuorumError as again:

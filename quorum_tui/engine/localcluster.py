@@ -78,6 +78,8 @@ class LocalCluster:
 
     log_dir: Path
     workers: list[LocalWorker] = field(default_factory=list)
+    stopped: bool = False
+    """Set by `stop`: a worker added afterwards (a restart still under way) is refused."""
 
     def start(self, count: int, threads: int = 0, cache: Path | None = None) -> None:
         for index in range(count):
@@ -96,6 +98,8 @@ class LocalCluster:
         prefix: list[str] | None = None,
         port: int = 0,
     ) -> LocalWorker:
+        if self.stopped:
+            raise QuorumError(f"the local workers were stopped: {name} is not started again")
         port = port or free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}-{port}.log"
@@ -125,6 +129,7 @@ class LocalCluster:
         return [w.ref for w in self.workers]
 
     def stop(self) -> None:
+        self.stopped = True
         for worker in self.workers:
             worker.kill(signal.SIGTERM)
         self.workers.clear()

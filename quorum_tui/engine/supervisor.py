@@ -38,6 +38,8 @@ from quorum_tui.errors import QuorumError
 from quorum_tui.wire import Metrics, parse_metrics
 
 NOISE = ("gdb", "ptrace", "backtrace", "No such process", "Could not attach")
+RPC_ABORTS = ("Remote RPC server crashed", "Failed to connect to", "RPC handshake failed")
+"""What ggml-rpc.cpp aborts with when a worker's connection fails."""
 POLL = 0.05
 LIVENESS_TIMEOUT = 5.0
 """Seconds llama-server may take to answer /metrics before the workers are probed."""
@@ -299,6 +301,11 @@ class CoordinatorProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+    def lost_a_worker(self) -> bool:
+        """Whether llama.cpp aborted over an RPC connection (a worker died, or was restarted
+        under it), rather than crashing on its own."""
+        return any(mark in line for line in self.log_tail(20) for mark in RPC_ABORTS)
 
     def log_tail(self, lines: int = 5) -> list[str]:
         try:

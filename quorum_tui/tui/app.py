@@ -45,6 +45,7 @@ from quorum_tui.tui.ssh_actions import SshActions
 from quorum_tui.tui.sshhosts import SshHosts
 
 SAMPLE_EVERY = 2.0
+NOTES_KEPT = 1000
 SYNTHETIC_REPLY_TOKENS = 48
 """Replies of a random-weights model are noise: keep them short."""
 
@@ -83,6 +84,8 @@ class QuorumApp(SshActions, ModelActions):
             rejoin_after=None,
         )
         self.errors: list[str] = []
+        self.notes: list[str] = []
+        """The log pane's lines (the last NOTES_KEPT)."""
         self.draft: ModelInfo | None = None
         """The draft model, once draft speculation is chosen and its vocabulary checked."""
         self.demo_applied = False
@@ -234,6 +237,8 @@ class QuorumApp(SshActions, ModelActions):
             pane.log_line(f"error: {what}: {reason}")
 
     def note(self, text: str) -> None:
+        self.notes.append(text)
+        del self.notes[:-NOTES_KEPT]
         for pane in self.query(ClusterPane):
             pane.log_line(text)
 

@@ -37,9 +37,7 @@ async def take(directory: Path, size: tuple[int, int] = (120, 40)) -> list[Path]
         for key in "What is the capital of France?":
             await pilot.press({" ": "space", "?": "question_mark"}.get(key, key))
         await pilot.press("enter")
-        await _until(
-            pilot, lambda: re.search(r" · [\d.]+ tokens/s", _chat_meta(app)) is not None
-        )
+        await _until(pilot, lambda: re.search(r" · [\d.]+ tokens/s", _chat_meta(app)) is not None)
         await pilot.pause(0.5)
         save("chat")
         await pilot.press("f2")

@@ -60,7 +60,7 @@ async def test_a_worker_killed_three_times_is_restarted_and_rejoins_while_servin
         local = deployment.pool.local
         assert local is not None
         for cycle in range(3):
-            victim = local.workers[1]
+            victim = next(w for w in local.workers if w.name == "w2")
             victim.kill(signal.SIGKILL)
             assert await reply(http, base) == alone, f"cycle {cycle}: the failover's reply"
             failovers = [e for e in seen if isinstance(e, FailedOver)]
@@ -77,7 +77,7 @@ async def test_a_worker_killed_three_times_is_restarted_and_rejoins_while_servin
         restarts = [e for e in seen if isinstance(e, WorkerEvent) and e.state == "up"]
         assert len([e for e in restarts if e.reason.startswith("restarted")]) == 3
         assert len([e for e in seen if isinstance(e, WorkerBack)]) == 3
-    assert waiting.done() and waiting.result() is None
+    assert await asyncio.wait_for(waiting, 5) is None
     assert deployment.phase == Phase.STOPPED
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from quorum_tui.deploy.resume import REGENERATE_LIMIT, Diverged, Failover, Generation, events
+from quorum_tui.deploy.resume import REGENERATE_LIMIT, Diverged, Generation
+from quorum_tui.wire import FailoverRecord, sse_events
 
 
 def chunk(text: str, finish: str | None = None, ident: str = "cmpl-1") -> bytes:
@@ -33,7 +34,9 @@ def generation(kind: str = "completions", **body: Any) -> Generation:
 
 
 def fail(gen: Generation) -> None:
-    gen.interrupted(Failover(at=0.0, after_tokens=0, reason="worker w2 died", plan_before="a"))
+    gen.interrupted(
+        FailoverRecord(at=0.0, after_tokens=0, reason="worker w2 died", plan_before="a")
+    )
 
 
 def test_requests_that_cannot_be_resumed_are_passed_through() -> None:
@@ -151,7 +154,7 @@ async def test_events_are_cut_at_blank_lines_whatever_the_chunks() -> None:
         for part in (b"data: 1\n", b"\ndata: 2\n\nda", b"ta: 3\n\n", b"data: 4"):
             yield part
 
-    assert [e async for e in events(chunks())] == [
+    assert [e async for e in sse_events(chunks())] == [
         b"data: 1\n\n",
         b"data: 2\n\n",
         b"data: 3\n\n",
