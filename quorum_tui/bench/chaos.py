@@ -87,7 +87,8 @@ class Outcome:
 
 
 async def ask(http: httpx.AsyncClient, url: str, prompt: str) -> Outcome:
-    body = {"prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "stream": True}
+    body = {"prompt": prompt, "max_tokens": TOKENS, "temperature": 0, "stream": True,
+            "ignore_eos": True}  # fmt: skip
     out = Outcome()
     last = time.perf_counter()
     try:
@@ -156,6 +157,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 bad = [p for p, o in alone.items() if not o.done or o.error]
                 if bad:
                     raise QuorumError(f"the reference replies failed: {alone[bad[0]].error}")
+                short = [p for p, o in alone.items() if len(o.gaps) < TOKENS]
+                if short:
+                    raise QuorumError(f"the reference reply to {short[0]!r} is short")
 
                 async def client(index: int) -> list[tuple[str, Outcome]]:
                     order = prompts[index:] + prompts[:index]

@@ -11,6 +11,7 @@ BENCHES: tuple[str, ...] = (
     "spec",
     "failover",
     "chaos",
+    "scale",
     "plan",
     "download",
     "tunnel",

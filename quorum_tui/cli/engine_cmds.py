@@ -20,7 +20,7 @@ from quorum_tui.cli.deploy_args import (
     settings_from_args,
     target_from_args,
 )
-from quorum_tui.deploy.deployment import Access, Deployment
+from quorum_tui.deploy.deployment import Access, Deployment, local_free
 from quorum_tui.deploy.gateway import PLAN_ROUTE
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import inspect_model
@@ -129,9 +129,17 @@ def format_probe(r: ProbeResult) -> str:
         for i, d in enumerate(r.devices)
     )
     rtt = f", {r.rtt_ms:.1f} ms" if r.rtt_ms is not None else ""
+    unvouched = "" if r.vouched else f"; {UNVOUCHED}"
     return (
-        f"{r.endpoint}  ok: protocol {r.version_text}, {len(r.devices)} device(s): {devices}{rtt}"
+        f"{r.endpoint}  ok: protocol {r.version_text}, {len(r.devices)} device(s): "
+        f"{devices}{rtt}{unvouched}"
     )
+
+
+UNVOUCHED = (
+    "free memory as llama.cpp reports it (all RAM counted free): Quorum cannot vouch for it; "
+    "a `quorum worker` there would report what it may really use"
+)
 
 
 def resolve(model: str) -> Path:
@@ -196,7 +204,7 @@ async def _plan(args: argparse.Namespace) -> int:
     if refuse:
         raise QuorumError("; ".join(refuse))
     memory = stage_memory(info, plan, settings.ctx, settings.slots, prepared.draft)
-    free: list[int | None] = [_local_free(), *(r.free if r.ok else None for r in results)]
+    free: list[int | None] = [local_free(), *(r.free if r.ok else None for r in results)]
     counts = [len(r.devices) if r.ok else 1 for r in results] or None
     params = plan.to_llama_params(counts)
     draft = Path(prepared.draft.path) if prepared.draft else None
@@ -221,6 +229,7 @@ async def _plan(args: argparse.Namespace) -> int:
                 "fits": None if avail is None else mem.total <= avail,
                 "status": "ok" if index == 0 else results[index - 1].status,
                 "reason": None if index == 0 else results[index - 1].reason,
+                "free_vouched": index == 0 or results[index - 1].vouched,
             }
         )
     if args.json:
@@ -249,8 +258,9 @@ async def _plan(args: argparse.Namespace) -> int:
             row["fits"]
         ]
         where = row["endpoint"] or "local"
+        doubt = "" if row["free_vouched"] or row["free"] is None else f" ({UNVOUCHED})"
         print(f"  {row['name']:<12} {where:<22} layers {layers:<8}{out:<8} needs {need:>10}, "
-              f"free {have:>10}: {verdict}")  # fmt: skip
+              f"free {have:>10}: {verdict}{doubt}")  # fmt: skip
     split = ", ".join(f"{x:g}" for x in params.tensor_split)
     print(f"llama.cpp: n_gpu_layers={params.n_gpu_layers} tensor_split=[{split}] split_mode=layer")
     print(f"device order: {', '.join(params.devices) or '(none)'}")
@@ -260,12 +270,6 @@ async def _plan(args: argparse.Namespace) -> int:
         print("speculation outlook: --auto measures whether round trips or compute bound a token")
     print("llama-server " + " ".join(shlex.quote(a) for a in argv[1:]))
     return 0
-
-
-def _local_free() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

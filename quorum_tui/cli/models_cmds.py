@@ -199,6 +199,6 @@ def cmd_models_rm(args: argparse.Namespace) -> int:
 
 
 def _local_free() -> int:
-    import psutil
+    from quorum_tui.engine.room import room
 
-    return int(psutil.virtual_memory().available)
+    return room().free

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
-
 from quorum_tui.cluster.bringup import BringUpOptions, Cluster
 from quorum_tui.cluster.inventory import load_inventory, resolve_path
 from quorum_tui.deploy.events import (
@@ -49,9 +47,11 @@ from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo, inspect_model
 from quorum_tui.engine.llama_server import ServerOptions, server_binary
 from quorum_tui.engine.localcluster import free_port
+from quorum_tui.engine.memory import misfits
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import Explanation
 from quorum_tui.engine.probe import probe_all
+from quorum_tui.engine.room import room
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.speculation import Speculation, check_draft
 from quorum_tui.engine.supervisor import (
@@ -175,8 +175,9 @@ class RunResult:
 
 
 def local_free() -> int:
-    """This machine's available memory: the coordinator's room."""
-    return int(psutil.virtual_memory().available)
+    """The coordinator's room: this machine's and its cgroup's, less the headroom (the same
+    figure Quorum's workers report for themselves)."""
+    return room().free
 
 
 def plan_body(
@@ -568,6 +569,17 @@ class Deployment:
             draft = prepared.draft if self.settings.spec == "draft" else None
             draft = draft or await self.resolve_draft(prepared.info)
             results = await preflight(prepared.plan.workers)
+            free = [local_free(), *(r.free for r in results)]
+            unfit = misfits(
+                prepared.info, prepared.plan, free, self.settings.ctx, self.settings.slots, draft
+            )
+            if unfit:
+                raise QuorumError(
+                    f"the plan {prepared.plan.summary()} does not fit, and nothing was loaded: "
+                    + "; ".join(unfit)
+                    + ". Give those stages fewer layers (--split, or drag on the Layers screen), "
+                    "let --auto plan by memory, or lower --ctx or --slots"
+                )
         except QuorumError as exc:
             gateway.pause(str(exc))
             raise
@@ -786,13 +798,16 @@ class Deployment:
                     self.emit(WorkerBack(worker, now - since))
             if len(told) < len(away) or now < self._rejoin_not_before:
                 continue
+            tried = False
             if self.phase == Phase.WAITING:
+                tried = True
                 await self._exclusive(self._try_again(), interrupt=False)
             elif self.rejoin_after is not None and self.phase == Phase.SERVING:
                 gateway = self.gateway
                 if gateway is not None and gateway.in_flight == 0:
+                    tried = True
                     await self._exclusive(self._rejoin(), interrupt=False)
-            if self.away and len(told) == len(away):
+            if tried and self.away:
                 told.clear()
                 back.clear()
 
@@ -838,8 +853,9 @@ class Deployment:
     # ----- generating
 
     async def generate(self, request: CompletionRequest) -> AsyncIterator[Piece | Completed]:
-        """Stream a completion through Quorum's endpoint; a broken stream becomes the
-        coordinator's own reason (which worker died) when it has one."""
+        """Stream a completion through Quorum's endpoint; a broken stream ends with why the
+        deployment could not finish it (a failover that could not serve says what is
+        missing), or else why the coordinator died (which worker)."""
         running = self._running
         if running is None or self.gateway is None:
             raise QuorumError("no coordinator is serving: start one first")
@@ -849,7 +865,9 @@ class Deployment:
         except QuorumError:
             with contextlib.suppress(TimeoutError):
                 wait = self.timing.reason_wait
-                reason = await asyncio.wait_for(asyncio.shield(running.ended), wait)
+                died = await asyncio.wait_for(asyncio.shield(running.ended), wait)
+                settled = self.phase in (Phase.WAITING, Phase.STOPPED, Phase.FAILED)
+                reason = self.reason if settled and self.reason else died
                 if reason:
                     raise QuorumError(reason) from None
             raise

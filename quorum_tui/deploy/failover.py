@@ -64,9 +64,16 @@ def survivor_plan(
     lost = ", ".join(w.name for w in dead)
     need = sum(m.total for m in memory)
     have = sum(h or 0 for h in free)
+    if need > have:
+        why = f"{human_bytes(need - have)} short"
+    else:
+        largest = max(info.layer_bytes, default=0)
+        why = (
+            "enough in all, but not in whole layers: each stage holds whole layers of up to "
+            f"{human_bytes(largest)}, and no split fits every stage's room"
+        )
     raise QuorumError(
         f"{lost} died and the survivors ({names}) cannot hold the model: it needs about "
-        f"{human_bytes(need)}, they have {human_bytes(have)} free"
-        f"{f' ({human_bytes(need - have)} short)' if need > have else ''}; bring {lost} back "
+        f"{human_bytes(need)}, they have {human_bytes(have)} free ({why}); bring {lost} back "
         "or add a worker with room, then Apply again"
     )

@@ -177,7 +177,11 @@ class Gateway:
         return web.json_response(self.plan.to_json())
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        """Pass a request to the coordinator; one that arrives during a failover waits for
+        the next coordinator rather than being refused."""
         upstream, session = self.upstream, self._session
+        if upstream is None and self.recovering:
+            upstream = await self.next_upstream(None)
         if upstream is None or session is None:
             return error_response(503, self.unavailable, "unavailable_error")
         body = await request.read()

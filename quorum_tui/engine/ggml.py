@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import Any
 
 from quorum_tui.engine.cpucheck import CpuVerdict, cpu_verdict
 from quorum_tui.engine.llamabuild import LlamaBuild
@@ -56,6 +57,12 @@ def loaded() -> tuple[ctypes.CDLL, CpuVerdict]:
     ggml.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
     ggml.ggml_backend_dev_description.restype = ctypes.c_char_p
     ggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_memory.restype = None
+    ggml.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
     return ggml, verdict
 
 
@@ -95,6 +102,54 @@ def server_devices() -> list[int]:
             raise QuorumError("llama.cpp found no CPU device")
         devices.append(int(cpu))
     return devices
+
+
+GetMemory = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)
+)
+GET_MEMORY_SLOT = 2
+"""get_memory's place in ggml_backend_device_i, the table that begins a device
+(ggml-backend-impl.h: get_name, get_description, get_memory, ...)."""
+_KEPT: list[object] = []
+
+
+def report_room(dev: int) -> None:
+    """Make CPU device `dev` report this process's room (engine.room: the host's available
+    memory and the cgroup's, less a headroom) instead of all of the machine's RAM.
+
+    The RPC server answers a coordinator's memory question from its devices, so this is what
+    every plan made over this worker sees. The device's own function still runs first, and
+    stands when the room cannot be read."""
+    from quorum_tui.engine.room import room
+
+    slot = ctypes.c_void_p.from_address(dev + GET_MEMORY_SLOT * ctypes.sizeof(ctypes.c_void_p))
+    if not slot.value:
+        raise QuorumError("the CPU device of this llama.cpp build has no get_memory")
+    original = GetMemory(slot.value)
+
+    def get_memory(device: int, free: Any, total: Any) -> None:
+        original(device, free, total)
+        try:
+            here = room()
+        except (OSError, ValueError):
+            return
+        free[0], total[0] = here.free, here.total
+
+    callback = GetMemory(get_memory)
+    _KEPT.extend([original, callback])
+    slot.value = ctypes.cast(callback, ctypes.c_void_p).value
+
+
+def device_memory(dev: int) -> tuple[int, int]:
+    """(free, total) bytes as the device reports them."""
+    ggml = lib()
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    ggml.ggml_backend_dev_memory(ctypes.c_void_p(dev), ctypes.byref(free), ctypes.byref(total))
+    return free.value, total.value
+
+
+def is_cpu(dev: int) -> bool:
+    return bool(lib().ggml_backend_dev_type(dev) == DEVICE_CPU)
 
 
 def device_label(dev: int) -> str:

@@ -14,7 +14,8 @@
   at the large end its time per layer beyond; for a worker, the rise of the intercept over
   the coordinator's is its per-token overhead (round trip and RPC calls), never below the
   measured round trip.
-- Memory: the probe's free memory, or a cap given by the user.
+- Memory: the probe's free memory (the lower of before and after the trials: a worker's tensor
+  cache and allocator keep some of what the trials used), or a cap given by the user.
 
 A worker serves one client at a time: the link measurements close their connection before the
 child starts, and nothing here runs while a coordinator uses the workers.
@@ -54,6 +55,7 @@ from quorum_tui.engine.probe import (
     ConnectionClosed,
     call,
 )
+from quorum_tui.engine.room import room
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.supervisor import preflight
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
@@ -174,13 +176,19 @@ def shape_spec(info: ModelInfo, n_layers: int) -> SyntheticSpec:
     )
 
 
-def measuring_layers(info: ModelInfo) -> list[int]:
-    """Layer counts of the measuring models: 1, 2, 4, ... up to one that outgrows the caches."""
+def measuring_layers(info: ModelInfo, room: int | None = None) -> list[int]:
+    """Layer counts of the measuring models: 1, 2, 4, ... up to one that outgrows the caches,
+    and whose weights take at most half of `room` (the smallest stage's free memory): a
+    measurement must never be what runs a capped host out of memory."""
     spec = shape_spec(info, 1).resolved()
     kv_width = spec.n_embd // spec.n_head * spec.n_head_kv
     params = 2 * spec.n_embd * (spec.n_embd + kv_width) + 3 * spec.n_embd * spec.n_ff
     layer = max(params * DTYPE_BYTES[spec.dtype], 1.0)
     many = min(max(info.n_layers, 2), max(2, math.ceil(MEASURE_BYTES / layer)))
+    if room is not None:
+        many = max(1, min(many, int(room / 2 / layer)))
+    if many == 1:
+        return [1]
     counts = [1]
     while counts[-1] * 2 < many:
         counts.append(counts[-1] * 2)
@@ -238,7 +246,9 @@ async def measure_cluster(
     for worker in workers:
         links.append(await asyncio.to_thread(measure_link, worker.endpoint))
     directory = model_dir or paths.ensure(paths.cache_dir() / "synthetic")
-    sizes = measuring_layers(info)
+    here = coordinator_memory if coordinator_memory is not None else room().free
+    rooms = [caps.get(w.endpoint, p.free) for w, p in zip(workers, probes, strict=True)]
+    sizes = measuring_layers(info, min([here, *rooms]))
     models = [synthetic_model(shape_spec(info, k), directory) for k in sizes]
     stages = ["coordinator", *(w.name for w in workers)]
     trials = []
@@ -250,6 +260,8 @@ async def measure_cluster(
     for r in results:
         if r.mismatch:
             raise QuorumError(f"measuring {r.trial.label}: {'; '.join(r.mismatch)}")
+    after = await preflight(list(workers))
+    probes = [min(a, b, key=lambda p: p.free) for a, b in zip(probes, after, strict=True)]
     from quorum_tui.engine.gguf_info import inspect_model
 
     shape_bytes = inspect_model(models[-1]).layer_bytes[0]
@@ -261,8 +273,6 @@ async def measure_cluster(
         seconds[name] = [r.quick() for r in row]
     stage_fits = [_fit(sizes, seconds[name]) for name in stages]
     base = stage_fits[0][1]
-    import psutil
-
     coordinator = _stage(
         "coordinator",
         None,
@@ -270,9 +280,7 @@ async def measure_cluster(
         seconds["coordinator"],
         base,
         scale,
-        free=coordinator_memory
-        if coordinator_memory is not None
-        else int(psutil.virtual_memory().available),
+        free=coordinator_memory if coordinator_memory is not None else room().free,
     )
     profiles = []
     for worker, link, probe_result, (_, intercept) in zip(

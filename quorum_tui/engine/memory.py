@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan
 from quorum_tui.engine.settings import DEFAULT_SLOTS
+from quorum_tui.units import human_bytes
 
 UBATCH = 512
 """llama.cpp's default micro-batch: the compute buffers are sized for it."""
@@ -76,3 +78,28 @@ def whole_model_memory(info: ModelInfo, ctx: int, slots: int = DEFAULT_SLOTS) ->
         info.n_layers * ctx * slots * info.kv_bytes_per_token_per_layer,
         compute_bytes(info, True, ctx),
     )
+
+
+def misfits(
+    info: ModelInfo,
+    plan: LayerPlan,
+    free: Sequence[int | None],
+    ctx: int,
+    slots: int = DEFAULT_SLOTS,
+    draft: ModelInfo | None = None,
+) -> list[str]:
+    """Each stage of `plan` that needs more than its `free` bytes (coordinator first; None:
+    unknown), said with what it needs and what it has."""
+    out = []
+    needs = stage_memory(info, plan, ctx, slots, draft)
+    for stage, need, have in zip(plan.stages, needs, free, strict=True):
+        if have is None or need.total <= have:
+            continue
+        where = f" ({stage.endpoint})" if stage.endpoint else ""
+        out.append(
+            f"{stage.name}{where} needs {human_bytes(need.total)} for {stage.describe()} "
+            f"(weights {human_bytes(need.weights)}, KV cache {human_bytes(need.kv_cache)} for "
+            f"{ctx} tokens x {slots} slots, compute {human_bytes(need.compute)}) and has "
+            f"{human_bytes(have)} free"
+        )
+    return out

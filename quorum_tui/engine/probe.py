@@ -33,6 +33,13 @@ class DeviceMemory:
     free: int
     total: int
 
+    @property
+    def vouched(self) -> bool:
+        """Whether the figure can be trusted: llama.cpp's own CPU device reports all of the
+        machine's RAM as free (free == total); Quorum's workers report what their process
+        may still use (engine.room), and a GPU its real free memory, both below the total."""
+        return self.free < self.total
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -61,11 +68,16 @@ class ProbeResult:
     def version_text(self) -> str | None:
         return ".".join(map(str, self.version)) if self.version else None
 
+    @property
+    def vouched(self) -> bool:
+        return all(d.vouched for d in self.devices)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["version"] = self.version_text
         data["free"] = self.free
         data["total"] = self.total
+        data["free_vouched"] = self.vouched
         return data
 
 

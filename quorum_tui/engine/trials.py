@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from quorum_tui.engine.exits import describe_exit
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.supervisor import new_log_path, preflight
 from quorum_tui.errors import QuorumError
@@ -220,7 +221,7 @@ async def _crash_reason(workers: Sequence[WorkerRef], code: int | None, log: Any
     ]
     if dead:
         return "the measurement stopped because " + "; ".join(dead)
-    return f"the measurement stopped (exit code {code}; log: {log})"
+    return describe_exit("the measurement (a child process)", code, log)
 
 
 # --- the child ----------------------------------------------------------------------------

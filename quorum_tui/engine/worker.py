@@ -64,6 +64,9 @@ def run_worker(options: WorkerOptions, out: TextIO | None = None) -> None:
     from quorum_tui.engine import ggml
 
     devices = ggml.server_devices()
+    for dev in devices:
+        if ggml.is_cpu(dev):
+            ggml.report_room(dev)
     verdict = ggml.loaded()[1]
     cache = str(paths.ensure(options.cache_dir)) if options.cache_dir else None
     threads = options.threads or os.cpu_count() or 1

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from quorum_tui.engine.localcluster import free_port
 from quorum_tui.errors import QuorumError
+from quorum_tui.lab.cgroups import MemoryCap
 from quorum_tui.logs import logged
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ IS_ROOT = os.geteuid() == 0
 _LABS = itertools.count()
 
 
-TOOLS = {name: shutil.which(name) or name for name in ("ip", "tc", "ssh-keygen")}
+TOOLS = {name: shutil.which(name) or name for name in ("ip", "tc", "ssh-keygen", "nsenter")}
 """Resolved once, so that a test changing PATH cannot stop the teardown."""
 
 
@@ -71,6 +72,8 @@ class LabHost:
     sftp: bool = True
     link: str = ""
     """How the host's link is shaped, e.g. `netem delay 1ms` (empty: a plain veth)."""
+    cap: MemoryCap | None = None
+    """The memory cgroup everything the host's sshd starts lives in (None: uncapped)."""
     host_key: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +81,12 @@ class LabHost:
         self.host_key = keygen(self.dir / "ssh_host_ed25519_key")
 
     def ns_cmd(self, *cmd: str) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else list(cmd)
+        """`cmd` in the host's network namespace. nsenter, not `ip netns exec`: that one also
+        remounts /sys, which hides the cgroup filesystem a capped host's workers read their
+        memory limit from."""
+        if not self.netns:
+            return list(cmd)
+        return [TOOLS["nsenter"], f"--net=/run/netns/{self.netns}", *cmd]
 
     def write_config(self) -> Path:
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
@@ -97,8 +105,9 @@ class LabHost:
     def start(self) -> None:
         config = self.write_config()
         log = (self.dir / "sshd.log").open("ab")
+        argv = self.ns_cmd(SSHD, "-D", "-e", "-f", str(config))
         self.sshd = subprocess.Popen(
-            self.ns_cmd(SSHD, "-D", "-e", "-f", str(config)),
+            self.cap.wrap(argv) if self.cap else argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -167,10 +176,13 @@ class SshLab:
         *,
         delay_ms: float = 0.0,
         rate_mbit: float | None = None,
+        mem_bytes: int | None = None,
     ) -> None:
         self.root = root
         self.delay_ms = delay_ms
         self.rate_mbit = rate_mbit
+        self.mem_bytes = mem_bytes
+        self.caps: list[MemoryCap] = []
         self.remote_cache = remote_cache
         root.mkdir(parents=True, exist_ok=True)
         no_wheels = root / "no-wheels"
@@ -219,9 +231,11 @@ class SshLab:
         sftp: bool = True,
         delay_ms: float | None = None,
         rate_mbit: float | None = None,
+        mem_bytes: int | None = None,
     ) -> LabHost:
         """Start a host. `sftp=False` leaves the SFTP subsystem out of its sshd; `delay_ms`
-        and `rate_mbit` (None: the lab's) shape its link each way."""
+        and `rate_mbit` (None: the lab's) shape its link each way; `mem_bytes` (None: the
+        lab's) caps the memory of everything it runs."""
         index = len(self.hosts) + 1
         host_env = {**self.base_env, **(env or {})}
         delay = self.delay_ms if delay_ms is None else delay_ms
@@ -245,9 +259,14 @@ class SshLab:
             )
         else:
             ns, link, address, port = None, "", "127.0.0.1", free_port()
+        limit = self.mem_bytes if mem_bytes is None else mem_bytes
+        cap = MemoryCap.create(f"{self.prefix}-{index}", limit) if limit else None
+        if cap is not None:
+            self.caps.append(cap)
         host = LabHost(
-            name, index, address, port, self.root / name, ns, host_env, self, sftp=sftp, link=link
-        )
+            name, index, address, port, self.root / name, ns, host_env, self, sftp=sftp,
+            link=link, cap=cap,
+        )  # fmt: skip
         self.hosts.append(host)
         host.start()
         if known:
@@ -360,7 +379,8 @@ class SshLab:
         """
         pids: list[int] = []
         for host in self.hosts:
-            pids += [p for p in host.pids() if host.sshd is None or p != host.sshd.pid]
+            found = host.pids() + (host.cap.pids() if host.cap else [])
+            pids += [p for p in found if host.sshd is None or p != host.sshd.pid]
         if not self.netns_mode:
             workers = self.remote_cache / "workers"
             for pidfile in workers.glob("*.pid") if workers.exists() else []:
@@ -397,6 +417,15 @@ class SshLab:
                     sh("ip", "netns", "del", ns, check=False)
             with logged(log, f"deleting bridge {self.bridge}"):
                 sh("ip", "link", "del", self.bridge, check=False)
+        for cap in self.caps:
+            with logged(log, f"removing memory cgroup {cap.folder}"):
+                for pid in cap.pids():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                while cap.pids() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                cap.remove()
 
 
 def _qdisc(wire: str, ends: tuple[str, str], spec: list[str]) -> bool:
@@ -480,8 +509,10 @@ def temporary_lab(
     *,
     delay_ms: float = 0.0,
     rate_mbit: float | None = None,
+    mem_bytes: int | None = None,
 ) -> Iterator[tuple[SshLab, list[LabHost]]]:
-    """`count` lab hosts for a benchmark (links shaped as `SshLab` says), torn down afterwards.
+    """`count` lab hosts for a benchmark (links shaped and memory capped as `SshLab` says),
+    torn down afterwards.
 
     The hosts start with nothing installed: each bring-up ships them the runtime.
     """
@@ -491,6 +522,7 @@ def temporary_lab(
             Path(tmp) / "remote-cache",
             delay_ms=delay_ms,
             rate_mbit=rate_mbit,
+            mem_bytes=mem_bytes,
         )
         try:
             hosts = [lab.add(f"lab{i + 1}") for i in range(count)]

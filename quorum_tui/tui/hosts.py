@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from quorum_tui.engine.probe import ProbeResult, probe
+from quorum_tui.engine.room import room
 
 HISTORY = 24
 """Samples kept per host for the sparklines."""
@@ -98,7 +99,8 @@ def probe_host(host: HostStatus, timeout: float = 1.0) -> ProbeResult | None:
 
 
 def local_free() -> int:
-    return int(psutil.virtual_memory().available)
+    """The coordinator's room here, as the deployment counts it (engine.room)."""
+    return room().free
 
 
 def sparkline(values: list[float] | deque[float], width: int = 8, top: float = 100.0) -> str:

@@ -62,3 +62,19 @@ def test_bench_spec_times_plain_and_ngram_over_delayed_links() -> None:
     }
     assert all(r["tokens_per_pass"] >= 1 for r in table if r["mode"] == "ngram")
     assert isinstance(result["identical"], bool)
+
+
+def test_bench_scale_runs_a_model_no_capped_host_can_hold() -> None:
+    result = bench("scale", "-n", "8")
+    assert result["hosts"] == 3 and result["cap_bytes"] == 640 << 20
+    model, cap = result["model_bytes"], result["cap_bytes"]
+    assert isinstance(model, int) and isinstance(cap, int) and 1.5 * cap < model < 3 * cap
+    for key in ("bringup_s", "load_s", "decode_tps", "predicted_tps", "load_bound_s"):
+        assert result[key] > 0, key  # type: ignore[operator]
+    assert result["load_bytes"] > model * 0.3  # type: ignore[operator]
+    failover = result["failover"]
+    assert isinstance(failover, dict)
+    assert failover["outcome"] in ("completed", "ended with the error")
+    if failover["outcome"] != "completed":
+        assert "cannot hold the model" in failover["reason"]
+    assert result["oom_kills"] == 0
