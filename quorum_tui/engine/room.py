@@ -108,22 +108,23 @@ def _walk(mount: Path, path: str, read: Reader) -> list[tuple[str, int, int]]:
 
 
 def _v2(folder: Path) -> tuple[int, int] | None:
-    limit = _number(folder / "memory.max")
-    if limit is None or limit >= UNLIMITED:
-        return None
-    used = _number(folder / "memory.current") or 0
-    stat = folder / "memory.stat"
-    cache = _stat(stat, "inactive_file") + _stat(stat, "active_file")
-    return max(limit - (used - cache), 0), limit
+    return _cgroup_room(folder, "memory.max", "memory.current", "")
 
 
 def _v1(folder: Path) -> tuple[int, int] | None:
-    limit = _number(folder / "memory.limit_in_bytes")
+    return _cgroup_room(folder, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_")
+
+
+def _cgroup_room(
+    folder: Path, limit_file: str, usage_file: str, prefix: str
+) -> tuple[int, int] | None:
+    """Room and limit of one cgroup; its file cache counts as free (the kernel reclaims it)."""
+    limit = _number(folder / limit_file)
     if limit is None or limit >= UNLIMITED:
         return None
-    used = _number(folder / "memory.usage_in_bytes") or 0
+    used = _number(folder / usage_file) or 0
     stat = folder / "memory.stat"
-    cache = _stat(stat, "total_inactive_file") + _stat(stat, "total_active_file")
+    cache = _stat(stat, f"{prefix}inactive_file") + _stat(stat, f"{prefix}active_file")
     return max(limit - (used - cache), 0), limit
 
 

@@ -12,9 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorum_tui.engine.room import oom_kills
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from quorum_tui.engine.room import CGROUP_ROOT, oom_kills
 
 
 @dataclass(frozen=True)
