@@ -521,7 +521,12 @@ class Deployment:
         """Run `work` as the only transition; `interrupt` cancels the one under way first."""
         if interrupt and self._transition is not None:
             self._transition.cancel()
-        async with self._lock:
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            work.close()
+            raise
+        try:
             task = asyncio.ensure_future(work)
             self._transition = task
             try:
@@ -529,6 +534,8 @@ class Deployment:
             finally:
                 if self._transition is task:
                     self._transition = None
+        finally:
+            self._lock.release()
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task whose failure is logged, never lost."""

@@ -238,7 +238,8 @@ async def measure_cluster(
     """Measure every stage and link; return the planner's profile of the cluster.
 
     `memory_caps` maps worker endpoints to a memory limit used instead of the free memory
-    the worker reports (a CPU worker reports its host's memory).
+    the worker reports, and `coordinator_memory` limits the coordinator's share; both bound
+    the plan. The measuring models are sized by the rooms the hosts really have.
     """
     caps = memory_caps or {}
     probes = await preflight(list(workers))
@@ -246,9 +247,7 @@ async def measure_cluster(
     for worker in workers:
         links.append(await asyncio.to_thread(measure_link, worker.endpoint))
     directory = model_dir or paths.ensure(paths.cache_dir() / "synthetic")
-    here = coordinator_memory if coordinator_memory is not None else room().free
-    rooms = [caps.get(w.endpoint, p.free) for w, p in zip(workers, probes, strict=True)]
-    sizes = measuring_layers(info, min([here, *rooms]))
+    sizes = measuring_layers(info, min([room().free, *(p.free for p in probes)]))
     models = [synthetic_model(shape_spec(info, k), directory) for k in sizes]
     stages = ["coordinator", *(w.name for w in workers)]
     trials = []

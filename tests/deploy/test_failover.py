@@ -131,7 +131,8 @@ async def test_survivors_too_small_end_the_reply_with_what_is_missing(
         return [r if not r.ok else ProbeResult(r.endpoint, "ok", "", r.version, (), 0.1)
                 for r in results]  # fmt: skip
 
-    monkeypatch.setattr(deployment_module, "local_free", lambda: 20 << 20)
+    # Room for the coordinator's own share (the embeddings), not for a worker's layers.
+    monkeypatch.setattr(deployment_module, "local_free", lambda: 40 << 20)
     monkeypatch.setattr(deployment_module, "probe_all", small)
     async with (
         deployed(real_model_file, local_cluster, [0, 15, 15]) as (deployment, base, _),
