@@ -37,6 +37,8 @@ async def served(
     counts: Sequence[int] | None = None,
     api_key: str | None = None,
     failover: bool = True,
+    host: str = "127.0.0.1",
+    server_args: Sequence[str] = (),
 ) -> AsyncIterator[Served]:
     """The model served through a deployment: split `counts`, or evenly over the workers."""
     info = inspect_model(model)
@@ -45,8 +47,9 @@ async def served(
         if counts is not None
         else LayerPlan.even(info.n_layers, list(workers))
     )
-    settings = EngineSettings(ctx=ctx, slots=slots, threads=1)
-    deployment = Deployment(settings=settings, access=Access(api_key=api_key), failover=failover)
+    settings = EngineSettings(ctx=ctx, slots=slots, threads=1, server_args=tuple(server_args))
+    access = Access(host=host, api_key=api_key)
+    deployment = Deployment(settings=settings, access=access, failover=failover)
     try:
         base = await asyncio.wait_for(deployment.start(Prepared(model, info, plan)), 120)
         yield Served(f"{base}/v1", plan, deployment)

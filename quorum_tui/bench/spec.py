@@ -146,7 +146,7 @@ async def bench(inv: Inventory, args: argparse.Namespace) -> dict[str, Any]:
         httpx.AsyncClient(timeout=httpx.Timeout(900.0, connect=10.0)) as http,
     ):
         prepared = await deployment.prepare(args.model, PlanRequest(split))
-        base_settings = EngineSettings(slots=1, draft=args.draft)
+        base_settings = EngineSettings(slots=1, draft=args.draft, server_args=("--metrics",))
         for r in range(args.rounds):
             for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 spec = "off" if mode == "plain" else mode

@@ -50,8 +50,21 @@ def open_app(args: argparse.Namespace) -> int:
     return cmd_tui(args)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; on a deploying command, what follows `--` is llama-server's own
+    options (engine.server_args), kept as `server_args`."""
+    parser = build_parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        args, rest = parser.parse_known_args(argv[:cut])
+        if hasattr(args, "ctx") and not rest:
+            args.server_args = argv[cut + 1 :]
+            return args
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     screen = getattr(args, "full_screen", args.func is open_app) and not getattr(
         args, "headless", False
     )

@@ -10,6 +10,7 @@ from typing import TextIO
 from quorum_tui.cli.cluster_cmds import EventPrinter, ask_host_key
 from quorum_tui.cluster.bringup import BringUpOptions
 from quorum_tui.cluster.events import HostEvent
+from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.deploy.deployment import REJOIN_AFTER, Target
 from quorum_tui.deploy.events import (
     DeployEvent,
@@ -68,7 +69,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+SERVER_ARGS_EPILOG = (
+    "llama-server's own options go after `--`, e.g. `-- --alias mine -ctk q8_0 --temp 0.7`; "
+    "they reach the coordinator unchanged (and win over Quorum's defaults). Options Quorum "
+    "owns (--rpc, -ngl, -ts, --host, --port, -c, -np, ...) are refused with what to use instead."
+)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.epilog = SERVER_ARGS_EPILOG
     p.add_argument("model", help=MODEL_HELP)
     add_worker_arg(p)
     p.add_argument("--split", help="layers per stage, coordinator first: C,W1,...,Wn")
@@ -99,14 +108,21 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
-    return EngineSettings(
+    """The engine settings of the command line, after the llama-server options of the
+    cluster file (`--cluster FILE`), which the command line's override."""
+    settings = EngineSettings(
         ctx=args.ctx,
         slots=args.slots,
         threads=args.threads,
         repack=not args.no_repack,
         spec="draft" if args.draft and args.spec == "off" else args.spec,
         draft=args.draft,
+        server_args=tuple(getattr(args, "server_args", ())),
     )
+    cluster = getattr(args, "cluster", None)
+    if cluster is None:
+        return settings
+    return settings.with_server_args(load_inventory(cluster).server_args)
 
 
 def plan_request(args: argparse.Namespace) -> PlanRequest:

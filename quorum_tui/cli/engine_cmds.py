@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -63,7 +64,11 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser("serve", help="serve the sharded model over an OpenAI-compatible API")
     add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address(es) to bind, comma-separated (default: %(default)s)",
+    )
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
     add_failover_args(p)
@@ -187,7 +192,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 async def _plan(args: argparse.Namespace) -> int:
     from quorum_tui.engine.llama_server import ServerOptions, server_argv
     from quorum_tui.engine.memory import stage_memory
-    from quorum_tui.engine.speculation import Speculation
 
     settings = settings_from_args(args)
     printer = DeployPrinter()
@@ -203,18 +207,13 @@ async def _plan(args: argparse.Namespace) -> int:
     ]
     if refuse:
         raise QuorumError("; ".join(refuse))
+    settings = deployment.settings
     memory = stage_memory(info, plan, settings.ctx, settings.slots, prepared.draft)
     free: list[int | None] = [local_free(), *(r.free if r.ok else None for r in results)]
     counts = [len(r.devices) if r.ok else 1 for r in results] or None
     params = plan.to_llama_params(counts)
     draft = Path(prepared.draft.path) if prepared.draft else None
-    options = ServerOptions(
-        ctx=settings.ctx,
-        slots=settings.slots,
-        threads=threads,
-        repack=settings.repack,
-        speculation=Speculation(settings.spec, draft),
-    )
+    options = ServerOptions.from_settings(deployment.settings, threads, prepared.path, draft)
     argv = server_argv(prepared.path, plan, options, counts)
     rows: list[dict[str, Any]] = []
     for index, (stage, mem, avail) in enumerate(zip(plan.stages, memory, free, strict=True)):
@@ -331,12 +330,22 @@ async def _serve(args: argparse.Namespace) -> int:
         failover=not args.no_failover,
         rejoin_after=args.rejoin_after,
     )
+    terminated = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminated.set)
     async with deployment:
         prepared = await deployment.prepare(args.model, plan_request(args))
         url = await deployment.start(prepared)
         print(f"serving OpenAI-compatible API at {url}/v1", flush=True)
         print(f"realized assignment: {url}{PLAN_ROUTE}", flush=True)
-        reason = await deployment.wait()
+        ended = asyncio.ensure_future(deployment.wait())
+        await asyncio.wait(
+            [ended, asyncio.ensure_future(terminated.wait())], return_when="FIRST_COMPLETED"
+        )
+        if terminated.is_set():
+            ended.cancel()
+            return 0
+        reason = ended.result()
     raise QuorumError(reason or "the coordinator stopped")
 
 

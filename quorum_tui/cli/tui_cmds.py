@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from quorum_tui.cli.deploy_args import (
@@ -11,7 +12,11 @@ from quorum_tui.cli.deploy_args import (
     settings_from_args,
     workers_from_args,
 )
+from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.engine.settings import EngineSettings
+from quorum_tui.errors import QuorumError
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -35,6 +40,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
     workers = workers_from_args(args)
     settings = settings_from_args(args) if hasattr(args, "ctx") else EngineSettings()
+    try:
+        settings = settings.with_server_args(load_inventory(missing_ok=True).server_args)
+    except QuorumError as exc:
+        log.warning("the cluster file's llama-server options are not used: %s", exc)
     setup = Setup(
         model=getattr(args, "model", None),
         workers=workers,

@@ -5,6 +5,7 @@ ssh_config = "~/.ssh/config"       # optional, for every host
 known_hosts = "~/.ssh/known_hosts" # optional, else ssh config's UserKnownHostsFile
 connect_timeout = 10               # optional, seconds
 tunnel_client = "openssh"          # optional: "openssh" (`ssh -L`, the default) or "asyncssh"
+server_args = "--alias mine -ctk q8_0 -ctv q8_0"  # optional: llama-server's own options
 
 [[hosts]]
 name = "gpu-a"
@@ -15,6 +16,7 @@ address = "10.0.0.2"
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,13 +25,16 @@ from typing import Any
 import tomlkit
 
 from quorum_tui import paths
+from quorum_tui.engine.server_args import ServerArgs
 from quorum_tui.errors import QuorumError
 
 TRANSPORTS = ("tunnel", "direct")
 TUNNEL_CLIENTS = ("openssh", "asyncssh")
 DEFAULT_RPC_PORT = 50052
 DEFAULT_CONNECT_TIMEOUT = 10.0
-TOP_KEYS = {"ssh_config", "known_hosts", "connect_timeout", "tunnel_client", "hosts"}
+TOP_KEYS = {
+    "ssh_config", "known_hosts", "connect_timeout", "tunnel_client", "server_args", "hosts",
+}  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -70,6 +75,9 @@ class Inventory:
     known_hosts: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     tunnel_client: str = "openssh"
+    server_args: tuple[str, ...] = ()
+    """llama-server's own options for deployments on these hosts (before the command line's,
+    which win)."""
 
     def host(self, name: str) -> HostConfig:
         for host in self.hosts:
@@ -139,6 +147,8 @@ def parse_inventory(text: str, file: Path) -> Inventory:
                 f'must be "openssh" or "asyncssh", not {data["tunnel_client"]!r}',
             )
         inv.tunnel_client = data["tunnel_client"]
+    if "server_args" in data:
+        inv.server_args = _server_args(data["server_args"], lines)
     hosts = data.get("hosts", [])
     if not isinstance(hosts, list) or not all(isinstance(h, dict) for h in hosts):
         raise lines.error(lines.top_key("hosts"), "hosts", "must be [[hosts]] tables")
@@ -154,6 +164,24 @@ def parse_inventory(text: str, file: Path) -> Inventory:
         seen[host.name] = index
         inv.hosts.append(host)
     return inv
+
+
+def _server_args(value: Any, lines: _Lines) -> tuple[str, ...]:
+    line = lines.top_key("server_args")
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        args = tuple(value)
+    elif isinstance(value, str):
+        try:
+            args = tuple(shlex.split(value))
+        except ValueError as exc:
+            raise lines.error(line, "server_args", f"not valid shell quoting: {exc}") from None
+    else:
+        raise lines.error(line, "server_args", "must be a string of options or a list of them")
+    try:
+        ServerArgs.parse(args)
+    except QuorumError as exc:
+        raise lines.error(line, "server_args", str(exc)) from None
+    return args
 
 
 def _parse_host(entry: dict[str, Any], index: int, lines: _Lines) -> HostConfig:

@@ -52,8 +52,9 @@ from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import Explanation
 from quorum_tui.engine.probe import probe_all
 from quorum_tui.engine.room import room
+from quorum_tui.engine.server_args import as_loaded
 from quorum_tui.engine.settings import EngineSettings
-from quorum_tui.engine.speculation import Speculation, check_draft
+from quorum_tui.engine.speculation import check_draft
 from quorum_tui.engine.supervisor import (
     CoordinatorEvent,
     CoordinatorProcess,
@@ -400,7 +401,8 @@ class Deployment:
         return self.workers
 
     async def resolve(self, spec: str) -> tuple[Path, ModelInfo]:
-        """The model's local file (pulled on first use, with progress events) and its facts."""
+        """The model's local file (pulled on first use, with progress events) and its facts
+        as the settings load it (KV cache types, LoRA adapters)."""
         from quorum_tui.models.resolve import resolve_model
 
         loop = asyncio.get_running_loop()
@@ -409,7 +411,8 @@ class Deployment:
             loop.call_soon_threadsafe(self.emit, event)
 
         path = await asyncio.to_thread(resolve_model, spec, progress if self.on_event else None)
-        info = await asyncio.to_thread(inspect_model, path)
+        server = self.settings.server
+        info = await asyncio.to_thread(lambda: as_loaded(inspect_model(path), server))
         self.emit(ModelReady(path, info))
         return path, info
 
@@ -590,16 +593,13 @@ class Deployment:
         except QuorumError as exc:
             gateway.pause(str(exc))
             raise
-        speculation = Speculation(self.settings.spec, Path(draft.path) if draft else None)
-        options = ServerOptions(
-            port=free_port(),
-            ctx=self.settings.ctx,
-            slots=self.settings.slots,
-            threads=self.threads,
-            alias=prepared.path.name,
-            api_key=self.access.api_key,
-            repack=self.settings.repack,
-            speculation=speculation,
+        options = ServerOptions.from_settings(
+            self.settings,
+            self.threads,
+            prepared.path,
+            Path(draft.path) if draft else None,
+            self.access.api_key,
+            free_port(),
         )
         process = await self.launcher(
             prepared.path,
@@ -637,6 +637,7 @@ class Deployment:
             raise
         away = [w.name for w in self.away if w not in prepared.plan.workers]
         body = plan_body(prepared.path, prepared.plan, running.realized, running.load_s, away)
+        gateway.public_metrics = self.settings.server.metrics
         gateway.serve(process.url, body)
         self._spawn(self._follow(running, events), "coordinator follower")
         self._enter(Phase.SERVING, None, prepared.plan)

@@ -1,9 +1,11 @@
 """Quorum's own address in front of llama-server: the address clients keep.
 
-Every request except Quorum's own routes is streamed through to the coordinator byte for byte.
-The gateway answers `GET /quorum/plan` with the assignment llama.cpp realized (read from the
-load log), enforces the API key, and answers 503 with a JSON reason while no coordinator
-serves (loading, stopped, or re-planning). Its errors are JSON and never carry a traceback.
+Every request except Quorum's own routes is streamed through to the coordinator byte for byte,
+so llama-server itself judges API keys, public paths and CORS. The gateway answers `GET
+/quorum/plan` with the assignment llama.cpp realized (read from the load log; it needs the
+key), and answers 503 with a JSON reason while no coordinator serves (loading, stopped, or
+re-planning), as llama-server does while it loads. A client that goes away cancels its request
+upstream at once. Its errors have llama-server's JSON shape and never carry a traceback.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ UPSTREAM_KEEPALIVE = 2.0
 closes them, so a request never goes out on a connection the server is closing."""
 SHUTDOWN_WAIT = 2.0
 """Seconds the streams still running get to finish when the gateway closes."""
-PUBLIC = frozenset({"/health"})
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+"""llama-server's default, for the preflights the gateway answers while no coordinator runs."""
+METRICS_OFF = "This server does not support metrics endpoint. Start it with `--metrics`"
 HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -59,9 +63,13 @@ class Gateway:
     """An aiohttp server that forwards to whichever coordinator serves now."""
 
     def __init__(self, host: str, port: int, api_key: str | None = None) -> None:
-        self.host = host
+        self.hosts = [h.strip() for h in host.split(",") if h.strip()] or ["127.0.0.1"]
+        """The addresses to bind (`--host a,b` binds each, as llama-server does)."""
         self.port = port
         self.api_key = api_key
+        self.public_metrics = False
+        """Whether clients may read /metrics (llama-server's --metrics); Quorum's watchdog
+        reads the coordinator's directly either way."""
         self.upstream: str | None = None
         self.plan: PlanBody | None = None
         self.unavailable = "the coordinator is starting"
@@ -78,8 +86,13 @@ class Gateway:
         self._session: ClientSession | None = None
 
     @property
+    def host(self) -> str:
+        return self.hosts[0]
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def serve(self, upstream: str, plan: PlanBody) -> None:
         """Send requests to `upstream` from now on; `plan` is what /quorum/plan returns."""
@@ -115,29 +128,36 @@ class Gateway:
         return self.upstream
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 << 20)
+        app = web.Application(middlewares=[self._errors], client_max_size=64 << 20)
         app.router.add_get(PLAN_ROUTE, self._plan)
         app.router.add_route("*", "/{tail:.*}", self._forward)
+        app.on_response_prepare.append(_allow_origin)
         self._session = ClientSession(
             connector=TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
             timeout=ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_WAIT
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_WAIT,
+            handler_cancellation=True,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.close()
-            raise QuorumError(
-                f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}; "
-                "is another server using that port? Pick another with --port"
-            ) from None
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
+        for host in self.hosts:
+            site = web.TCPSite(self._runner, host, self.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                await self.close()
+                raise QuorumError(
+                    f"cannot serve on {host}:{self.port}: {exc.strerror or exc}; is another "
+                    "server using that port, or is the address not this machine's? Pick "
+                    "another with --port or --host"
+                ) from None
+            if self.port == 0:
+                self.port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
         """Stop serving: replies waiting for a coordinator end now (cut short, with the
@@ -162,16 +182,16 @@ class Gateway:
             log.exception("the gateway failed on %s %s", request.method, request.path)
             return error_response(500, f"{type(exc).__name__}: {exc}", "server_error")
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.api_key and request.path not in PUBLIC:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            given = given or request.headers.get("X-Api-Key", "")
-            if given != self.api_key:
-                return error_response(401, "Invalid API Key", "authentication_error")
-        return await handler(request)
+    def _authorized(self, request: web.Request) -> bool:
+        """llama-server's rule: `Authorization: Bearer KEY`, or `X-Api-Key: KEY`."""
+        if not self.api_key:
+            return True
+        given = request.headers.get("Authorization", "") or request.headers.get("X-Api-Key", "")
+        return given.removeprefix("Bearer ") == self.api_key
 
     async def _plan(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return error_response(401, "Invalid API Key", "authentication_error")
         if self.plan is None:
             return error_response(503, self.unavailable, "unavailable_error")
         return web.json_response(self.plan.to_json())
@@ -180,6 +200,12 @@ class Gateway:
         """Pass a request to the coordinator; one that arrives during a failover waits for
         the next coordinator rather than being refused."""
         upstream, session = self.upstream, self._session
+        if request.method == "OPTIONS" and upstream is None:
+            return _preflight(request)
+        if request.path == "/metrics" and not self.public_metrics:
+            if not self._authorized(request):
+                return error_response(401, "Invalid API Key", "authentication_error")
+            return error_response(501, METRICS_OFF, "not_supported_error")
         if upstream is None and self.recovering:
             upstream = await self.next_upstream(None)
         if upstream is None or session is None:
@@ -271,6 +297,22 @@ class Gateway:
         failover.reason = self.unavailable if new is None else failover.reason
         failover.plan_after = self.plan.summary if self.plan else ""
         return new
+
+
+def _preflight(request: web.Request) -> web.Response:
+    """A CORS preflight while no coordinator runs, answered as llama-server answers it."""
+    response = web.Response(status=200, content_type="text/html")
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+    response.headers["Access-Control-Allow-Headers"] = "*"
+    return response
+
+
+async def _allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """The gateway's own replies carry llama-server's default CORS header (replies from
+    llama-server carry its own)."""
+    if "Access-Control-Allow-Origin" not in response.headers:
+        response.headers["Access-Control-Allow-Origin"] = request.headers.get("Origin", "*")
 
 
 def _stream_response(reply: ClientResponse) -> web.StreamResponse:

@@ -40,10 +40,13 @@ class ModelInfo:
     embedding_bytes: int
     output_bytes: int
     kv_bytes_per_token_per_layer: int
+    """At llama.cpp's default KV cache type, f16."""
     tied_output: bool = False
     vocab_digest: str = ""
     """sha256 of the tokenizer model and its token list: equal digests, equal vocabularies."""
     extra: dict[str, Any] = field(default_factory=dict)
+    kv_widths: tuple[int, int] = (0, 0)
+    """Elements of K and of V per token per layer (0, 0: equal halves of the f16 figure)."""
 
     @property
     def weight_bytes(self) -> int:
@@ -92,7 +95,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         from gguf import GGUFReader
 
         reader = GGUFReader(p)
-        fields = {name: _field_value(f) for name, f in reader.fields.items()}
+        fields = {name: field_value(f) for name, f in reader.fields.items()}
         tensors = [
             (t.name, int(t.n_bytes), int(t.data_offset), t.tensor_type.name) for t in reader.tensors
         ]
@@ -181,6 +184,7 @@ def describe(
         kv_bytes_per_token_per_layer=kv,
         tied_output=tied,
         vocab_digest=vocab_digest(fields),
+        kv_widths=(n_head_kv * head_k, n_head_kv * head_v),
     )
 
 
@@ -215,7 +219,8 @@ def _later_parts(
     return rows, size
 
 
-def _field_value(f: Any) -> Any:
+def field_value(f: Any) -> Any:
+    """A GGUF header field's value (None when gguf cannot read it; long arrays cut to 64)."""
     try:
         value = f.contents()
     except Exception:

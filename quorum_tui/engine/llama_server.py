@@ -16,6 +16,7 @@ from pathlib import Path
 from quorum_tui.engine.cpucheck import CpuVerdict, cpu_verdict
 from quorum_tui.engine.llamabuild import LlamaBuild
 from quorum_tui.engine.plan import LayerPlan, LlamaParams
+from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.speculation import Speculation
 from quorum_tui.errors import QuorumError
 
@@ -41,6 +42,32 @@ class ServerOptions:
     repack: bool = True
     """Let the CPU backend repack quantized weights (off: numerics match RPC workers exactly)."""
     speculation: Speculation = field(default_factory=Speculation)
+    extra: tuple[str, ...] = ()
+    """llama-server's own options from the user, last so that they win (engine.server_args)."""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: EngineSettings,
+        threads: int,
+        model: Path,
+        draft: Path | None = None,
+        api_key: str | None = None,
+        port: int = 8080,
+    ) -> ServerOptions:
+        """The options `settings` make for serving `model` (named by --alias, else its file)."""
+        server = settings.server
+        return cls(
+            port=port,
+            ctx=settings.ctx,
+            slots=settings.slots,
+            threads=threads,
+            alias=server.alias or model.name,
+            api_key=api_key,
+            repack=settings.repack,
+            speculation=Speculation(settings.spec, draft),
+            extra=server.argv,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,4 +142,4 @@ def server_argv(
         argv += ["--api-key", options.api_key]
     if not options.repack:
         argv.append("--no-repack")
-    return [*argv, *options.speculation.argv()]
+    return [*argv, *options.speculation.argv(), *options.extra]

@@ -1,4 +1,5 @@
-"""The engine settings every entry point shares: context, slots, threads, repacking.
+"""The engine settings every entry point shares: context, slots, threads, repacking, and
+llama-server's own options passed through.
 
 `quorum run`, `serve`, `bench`, the demo, the app and the planner's measurements all take
 their coordinator settings from `EngineSettings`, so the configuration the planner measures is
@@ -7,10 +8,12 @@ the one that serves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import psutil
 
+from quorum_tui.engine.server_args import ServerArgs
 from quorum_tui.engine.speculation import MODES as SPEC_MODES
 from quorum_tui.errors import QuorumError
 
@@ -48,8 +51,11 @@ class EngineSettings:
     """Speculative decoding: off, ngram (no second model) or draft (with `draft`)."""
     draft: str | None = None
     """The draft model's spec, used when `spec` is draft."""
+    server_args: tuple[str, ...] = ()
+    """llama-server's own options, passed through (engine.server_args)."""
 
     def __post_init__(self) -> None:
+        ServerArgs.parse(self.server_args)
         if self.spec not in SPEC_MODES:
             raise QuorumError(f"--spec {self.spec}: give one of {', '.join(SPEC_MODES)}")
         if self.spec == "draft" and not self.draft:
@@ -60,6 +66,16 @@ class EngineSettings:
             raise QuorumError(f"--slots {self.slots}: give 1 to {MAX_SLOTS} slots")
         if self.threads < 0:
             raise QuorumError(f"--threads {self.threads}: give a positive count, or 0 for auto")
+
+    @property
+    def server(self) -> ServerArgs:
+        """The pass-through options, read."""
+        return ServerArgs.parse(self.server_args)
+
+    def with_server_args(self, first: Sequence[str]) -> EngineSettings:
+        """These settings with `first` (the cluster file's options) before their own, which
+        win where both set an option."""
+        return replace(self, server_args=(*first, *self.server_args)) if first else self
 
     def coordinator_threads(self, local_workers: int) -> int:
         """The coordinator's threads: as set, or a share of the cores with local workers."""

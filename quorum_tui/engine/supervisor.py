@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -38,6 +39,8 @@ from quorum_tui.errors import QuorumError
 from quorum_tui.wire import Metrics, parse_metrics
 
 NOISE = ("gdb", "ptrace", "backtrace", "No such process", "Could not attach")
+LOG_ERROR = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?E (.*)$")
+"""An error line of llama.cpp's log (`0.00.049.646 E text`)."""
 RPC_ABORTS = ("Remote RPC server crashed", "Failed to connect to", "RPC handshake failed")
 """What ggml-rpc.cpp aborts with when a worker's connection fails."""
 POLL = 0.05
@@ -308,6 +311,7 @@ class CoordinatorProcess:
         return any(mark in line for line in self.log_tail(20) for mark in RPC_ABORTS)
 
     def log_tail(self, lines: int = 5) -> list[str]:
+        """The last `lines` lines of llama.cpp's log that say something."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
@@ -330,5 +334,12 @@ class CoordinatorProcess:
         if code == -signal.SIGILL and not os.environ.get(BINARY_ENV):
             action = await asyncio.to_thread(_refuse_cpu_variant)
         return describe_exit(
-            "the coordinator (llama-server)", code, self.log_path, self.log_tail(5), action
+            "the coordinator (llama-server)", code, self.log_path, self.first_error(), action
         )
+
+    def first_error(self, lines: int = 12) -> list[str]:
+        """The first of llama.cpp's error lines near the end of its log (the cause; the ones
+        after it report the failure), without its time stamp; else the last line."""
+        tail = self.log_tail(lines)
+        errors = [m[1] for t in tail if (m := LOG_ERROR.match(t.strip()))]
+        return errors[:1] or tail[-1:]

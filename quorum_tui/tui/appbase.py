@@ -6,6 +6,7 @@ from pathlib import Path
 
 from textual.app import App
 
+from quorum_tui.deploy.deployment import Deployment
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.tui.hosts import HostStatus
@@ -17,6 +18,7 @@ class AppBase(App[None]):
     """The state and the helpers QuorumApp provides to its action groups."""
 
     setup: Setup
+    deployment: Deployment
     ssh: SshHosts
     hosts: list[HostStatus]
     plan: LayerPlan | None

@@ -71,6 +71,8 @@ class LayersPane(Vertical):
             context = (
                 f"context {settings.ctx} x {settings.slots} slots, speculation {settings.spec}"
             )
+            if note := settings.server.memory_note():
+                context += f", {note}"
             if draft is not None:
                 context += f" ({Path(draft.path).name} on the coordinator)"
             self.query_one("#model-line", Static).update(f"{model_label(info)}, {context}")

@@ -9,6 +9,7 @@ from rich.markup import escape
 from textual import on, work
 
 from quorum_tui.engine.gguf_info import inspect_model
+from quorum_tui.engine.server_args import as_loaded
 from quorum_tui.errors import QuorumError
 from quorum_tui.tui import messages as msg
 from quorum_tui.tui.appbase import AppBase
@@ -25,7 +26,7 @@ class ModelActions(AppBase):
 
         try:
             path = resolve_model(spec, self.progress_callback)
-            info = inspect_model(path)
+            info = as_loaded(inspect_model(path), self.deployment.settings.server)
         except QuorumError as exc:
             self.post_message(msg.Failed("model", str(exc)))
             return
@@ -48,7 +49,8 @@ class ModelActions(AppBase):
         for spec in (DEMO_MODEL, SYNTHETIC_DEMO_MODEL):
             try:
                 path = resolve_model(spec, self.progress_callback)
-                self.post_message(msg.ModelLoaded(spec, path, inspect_model(path)))
+                info = as_loaded(inspect_model(path), self.deployment.settings.server)
+                self.post_message(msg.ModelLoaded(spec, path, info))
                 return
             except QuorumError as exc:
                 self.post_message(msg.Failed(f"demo model {spec}", str(exc)))

@@ -39,7 +39,8 @@ async def deployed(
     info = inspect_model(model)
     plan = LayerPlan.from_counts(info.n_layers, counts, cluster.refs)
     seen: list[DeployEvent] = []
-    deployment = Deployment(settings=EngineSettings(threads=1), on_event=seen.append, **options)
+    settings = EngineSettings(threads=1, server_args=tuple(options.pop("server_args", ())))
+    deployment = Deployment(settings=settings, on_event=seen.append, **options)
     async with deployment:
         base = await deployment.start(Prepared(model, info, plan))
         yield deployment, base, seen
@@ -165,15 +166,18 @@ async def test_a_worker_that_comes_back_rejoins_after_its_quiet_period(
     local_cluster.start(2)
     victim = local_cluster.workers[1]
     async with (
-        deployed(real_model_file, local_cluster, [0, 15, 15], rejoin_after=1.0) as (
-            deployment, base, seen,
-        ),
+        deployed(
+            real_model_file, local_cluster, [0, 15, 15], rejoin_after=1.0,
+            server_args=["--alias", "smol", "-ctk", "q8_0"],
+        ) as (deployment, base, seen),
         httpx.AsyncClient(timeout=300) as http,
     ):  # fmt: skip
         undisturbed, _, _ = await stream(http, base)
         text, _, _ = await stream(http, base, kill=lambda: victim.kill(signal.SIGKILL))
         assert text == undisturbed
         assert deployment.away and deployment.away[0].name == "w2"
+        models = (await http.get(f"{base}/v1/models")).json()
+        assert models["data"][0]["id"] == "smol", "the failover's coordinator lost --alias"
         local_cluster.restart(victim)
         deadline = time.monotonic() + 60
         while deployment.away or not deployment.serving:

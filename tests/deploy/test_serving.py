@@ -32,7 +32,11 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def real(real_model_file: Path, shared_workers: LocalCluster) -> Iterator[Served]:
     with served_in_thread(
-        real_model_file, workers=shared_workers.refs[:2], counts=[10, 10, 10], slots=4
+        real_model_file,
+        workers=shared_workers.refs[:2],
+        counts=[10, 10, 10],
+        slots=4,
+        server_args=["--metrics"],
     ) as running:
         yield running
 
@@ -122,7 +126,7 @@ async def test_a_client_that_disconnects_frees_its_slot(
 ) -> None:
     local_cluster.start(1)
     async with (
-        served(slow_model, local_cluster.refs, slots=1) as one_slot,
+        served(slow_model, local_cluster.refs, slots=1, server_args=["--metrics"]) as one_slot,
         httpx.AsyncClient(timeout=120) as client,
     ):
         base = one_slot.url.removesuffix("/v1")

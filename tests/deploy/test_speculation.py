@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -35,7 +36,8 @@ async def greedy(
     info = inspect_model(model)
     plan = LayerPlan.even(info.n_layers, list(workers))
     out = io.StringIO()
-    async with Deployment(settings=settings) as deployment:
+    metered = replace(settings, server_args=("--metrics",))
+    async with Deployment(settings=metered) as deployment:
         base = await deployment.start(Prepared(model, info, plan))
         await deployment.run(CompletionRequest(REWRITE, tokens), out)
         async with httpx.AsyncClient(timeout=10) as http:

@@ -130,3 +130,32 @@ def test_a_worker_killed_mid_stream_ends_serve_with_its_name(
     assert "Traceback" not in err
     psutil.wait_procs(children, timeout=10)
     assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+
+
+def test_serve_binds_several_addresses_passes_options_and_ends_on_sigterm(
+    shared_workers: LocalCluster, tiny_model: Path
+) -> None:
+    port = free_port()
+    args = ["serve", str(tiny_model), "--port", str(port), "--host", "127.0.0.1,127.0.0.2"]
+    args += ["--worker", shared_workers.workers[0].endpoint, "--", "--alias", "tiny"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quorum_tui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("serving"), proc.stderr.read()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        for host in ("127.0.0.1", "127.0.0.2"):
+            models = httpx.get(f"http://{host}:{port}/v1/models", timeout=10).json()
+            assert models["data"][0]["id"] == "tiny", host
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    psutil.wait_procs(children, timeout=10)
+    assert not [c for c in children if c.is_running() and c.status() != "zombie"]

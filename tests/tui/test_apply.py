@@ -16,6 +16,7 @@ from quorum_tui.engine.localcluster import LocalCluster, free_port
 from quorum_tui.engine.plan import WorkerRef
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.tui.app import QuorumApp
+from quorum_tui.tui.chat import ChatPane
 from quorum_tui.tui.cluster_pane import ClusterPane
 from quorum_tui.tui.session import Setup
 from tests.tui.helpers import wait_until
@@ -143,3 +144,22 @@ async def test_the_speculation_toggle_restarts_the_coordinator_with_it(
         assert coordinator is not None and str(draft) in coordinator.argv, app.errors
         await pilot.press("g")
         assert app.deployment.settings.spec == "off" and app.draft is None
+
+
+async def test_llama_server_options_show_in_the_layers_and_name_the_chat_model(
+    make_model: Callable[..., Path], local_cluster: LocalCluster
+) -> None:
+    local_cluster.start(1)
+    model = make_model(n_layers=4, n_embd=128, n_head=2)
+    settings = EngineSettings(server_args=("-ctk", "f32", "--alias", "mine"))
+    app = QuorumApp(Setup(model=str(model), workers=local_cluster.refs, settings=settings))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.plan is not None and app.info is not None)
+        assert app.info is not None and app.info.kv_bytes_per_token_per_layer == 128 * 4 + 128 * 2
+        assert "KV cache f32/f16" in str(app.query_one("#model-line", Static).render())
+        await pilot.press("2", "a")
+        await wait_until(pilot, lambda: app.url is not None or app.deployment.phase == Phase.FAILED)
+        coordinator = app.deployment.coordinator
+        assert coordinator is not None, app.errors
+        assert coordinator.argv[-2:] == ["-ctk", "f32"]
+        await wait_until(pilot, lambda: app.query_one(ChatPane).model == "mine")
