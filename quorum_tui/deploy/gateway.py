@@ -42,6 +42,8 @@ SHUTDOWN_WAIT = 2.0
 """Seconds the streams still running get to finish when the gateway closes."""
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 """llama-server's default, for the preflights the gateway answers while no coordinator runs."""
+FORWARDED = web.RequestKey("quorum.forwarded", bool)
+"""Set on a request whose reply comes from llama-server."""
 METRICS_OFF = "This server does not support metrics endpoint. Start it with `--metrics`"
 HOP_BY_HOP = frozenset(
     {
@@ -225,6 +227,7 @@ class Gateway:
         except ClientError as exc:
             return error_response(502, f"the coordinator did not answer: {exc}", "server_error")
         async with reply:
+            request[FORWARDED] = True
             response = _stream_response(reply)
             if reply.content_length is not None:
                 response.content_length = reply.content_length
@@ -255,6 +258,7 @@ class Gateway:
             try:
                 reply = await _send(session, "POST", url + request.path_qs, headers, body)
                 async with reply:
+                    request[FORWARDED] = True
                     streamed = reply.headers.get("Content-Type", "").startswith("text/event-stream")
                     if reply.status != 200 or not streamed:
                         data = await reply.read()
@@ -309,9 +313,9 @@ def _preflight(request: web.Request) -> web.Response:
 
 
 async def _allow_origin(request: web.Request, response: web.StreamResponse) -> None:
-    """The gateway's own replies carry llama-server's default CORS header (replies from
-    llama-server carry its own)."""
-    if "Access-Control-Allow-Origin" not in response.headers:
+    """The gateway's own replies carry llama-server's default CORS header; llama-server's
+    replies carry what its --cors-origins allows, and nothing is added to them."""
+    if not request.get(FORWARDED, False) and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = request.headers.get("Origin", "*")
 
 

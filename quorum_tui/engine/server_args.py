@@ -10,6 +10,7 @@ read here so the planner, the Layers screen and failover count them.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -69,7 +70,18 @@ _CACHE_V = ("-ctv", "--cache-type-v")
 _ALIAS = ("-a", "--alias")
 _LORA = ("--lora",)
 _LORA_SCALED = ("--lora-scaled",)
-_VALUED = (*_CACHE_K, *_CACHE_V, *_ALIAS, *_LORA, *_LORA_SCALED)
+_PATHS = frozenset(
+    "-lcs --lookup-cache-static -lcd --lookup-cache-dynamic -f --file -sysf "
+    "--system-prompt-file -bf --binary-file --prompt-cache --grammar-file -jf "
+    "--json-schema-file -mm --mmproj --video-ffmpeg-dir --control-vector --context-file "
+    "--ui-config-file --webui-config-file --mcp-servers-config --slot-save-path --media-path "
+    "--log-prompts-dir --chat-template-file".split()
+)
+"""Options whose value is a file or a folder: llama-server runs in its own folder, so a
+relative one is made absolute here, from the directory Quorum was started in."""
+_SCALED_PATHS = frozenset(("--control-vector-scaled",))
+_LISTS = frozenset(("--control-vector", "--control-vector-scaled"))
+_VALUED = (*_CACHE_K, *_CACHE_V, *_ALIAS, *_LORA, *_LORA_SCALED, *_PATHS, *_SCALED_PATHS)
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -119,6 +131,11 @@ class ServerArgs:
                 raise QuorumError(f"llama-server option {name} needs a value")
             if name in _ALIAS:
                 found["alias"] = value
+                continue
+            if name in _PATHS or name in _SCALED_PATHS:
+                scaled = name in _SCALED_PATHS
+                listed = value.split(",") if name in _LISTS else [value]
+                argv += [name, ",".join(_absolute(v, scaled) for v in listed)]
                 continue
             if name in _CACHE_K or name in _CACHE_V:
                 if value not in KV_TYPES:
@@ -248,6 +265,12 @@ def _adapter_bytes(path: Path, architecture: str) -> _AdapterBytes:
         elif name.startswith("output"):
             output += size
     return _AdapterBytes(layers, embedding, output)
+
+
+def _absolute(item: str, scaled: bool) -> str:
+    """`item` (a path, or PATH:SCALE) with its path made absolute."""
+    name, colon, scale = item.rpartition(":") if scaled else (item, "", "")
+    return os.path.abspath(os.path.expanduser(name)) + colon + scale
 
 
 def _adapter(item: str, scaled: bool) -> tuple[Path, str]:

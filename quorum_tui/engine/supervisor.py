@@ -39,8 +39,8 @@ from quorum_tui.errors import QuorumError
 from quorum_tui.wire import Metrics, parse_metrics
 
 NOISE = ("gdb", "ptrace", "backtrace", "No such process", "Could not attach")
-LOG_ERROR = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?E (.*)$")
-"""An error line of llama.cpp's log (`0.00.049.646 E text`)."""
+LOG_ERROR = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ E (.*)|(error\b.*))$")
+"""An error line of llama.cpp's log (`0.00.049.646 E text`, or an argument's `error ...`)."""
 RPC_ABORTS = ("Remote RPC server crashed", "Failed to connect to", "RPC handshake failed")
 """What ggml-rpc.cpp aborts with when a worker's connection fails."""
 POLL = 0.05
@@ -337,9 +337,10 @@ class CoordinatorProcess:
             "the coordinator (llama-server)", code, self.log_path, self.first_error(), action
         )
 
-    def first_error(self, lines: int = 12) -> list[str]:
+    def first_error(self, lines: int = 200) -> list[str]:
         """The first of llama.cpp's error lines near the end of its log (the cause; the ones
-        after it report the failure), without its time stamp; else the last line."""
+        after it report the failure, or its usage text follows), without its time stamp;
+        else the last line."""
         tail = self.log_tail(lines)
-        errors = [m[1] for t in tail if (m := LOG_ERROR.match(t.strip()))]
+        errors = [m[1] or m[2] for t in tail if (m := LOG_ERROR.match(t.strip()))]
         return errors[:1] or tail[-1:]

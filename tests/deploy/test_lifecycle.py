@@ -191,8 +191,8 @@ def test_the_lifecycle_holds_under_random_faults(tmp_path_factory: Any) -> None:
     global MODEL
     MODEL = synthetic_model(SyntheticSpec(n_layers=6), tmp_path_factory.mktemp("lifecycle"))
     machine = settings(
-        max_examples=25,
-        stateful_step_count=25,
+        max_examples=15,
+        stateful_step_count=20,
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )(Lifecycle)

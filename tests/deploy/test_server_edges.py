@@ -93,22 +93,21 @@ async def test_metrics_are_for_clients_only_when_asked_for(tiny_model: Path) -> 
         assert "--metrics" in off.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_a_client_that_gives_up_frees_its_slot_at_once(
-    stream: bool, slow_model: Path, local_cluster: LocalCluster
+async def test_a_client_that_gives_up_on_a_whole_reply_frees_its_slot(
+    slow_model: Path, local_cluster: LocalCluster
 ) -> None:
+    """A non-streaming request sends nothing until its end; its client leaving must still
+    cancel it (a streaming one: tests/deploy/test_serving.py)."""
     local_cluster.start(1)
     async with (
         served(slow_model, local_cluster.refs, slots=1, server_args=["--metrics"]) as one,
         httpx.AsyncClient(timeout=60) as http,
     ):
         base = one.url.removesuffix("/v1")
-        body = {"prompt": "Once", "n_predict": 3000, "stream": stream, **NO_EOS}
+        body = {"prompt": "Once", "n_predict": 3000, **NO_EOS}
         with pytest.raises(httpx.ReadTimeout):
             async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=0.5)) as impatient:
                 reply = await impatient.post(f"{base}/completion", json=body)
-                if stream:
-                    await asyncio.sleep(3600)
                 pytest.fail(f"the reply came whole: {reply.text[:80]}")
         gave_up = asyncio.get_running_loop().time()
 
@@ -142,3 +141,17 @@ async def test_several_bind_addresses_each_serve(tiny_model: Path) -> None:
             for base in (f"http://127.0.0.1:{port}", f"http://{host}:{port}"):
                 assert (await http.get(f"{base}/health")).json()["status"] == "ok", base
         await eventually(lambda: running.deployment.serving)
+
+
+async def test_cors_origins_are_llama_servers_to_decide(tiny_model: Path) -> None:
+    async with (
+        served(tiny_model, server_args=["--cors-origins", "localhost"]) as running,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        url = running.url + "/chat/completions"
+        evil = await http.options(url, headers={"Origin": "http://evil.com"})
+        assert evil.status_code == 200 and "Access-Control-Allow-Origin" not in evil.headers
+        local = await http.options(url, headers={"Origin": "http://localhost:3000"})
+        assert local.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        models = await http.get(f"{running.url}/models", headers={"Origin": "http://evil.com"})
+        assert "Access-Control-Allow-Origin" not in models.headers

@@ -178,3 +178,39 @@ def test_an_owned_option_stops_the_command_with_what_to_use(
     err = capsys.readouterr().err
     assert code == 1
     assert "-ngl is Quorum's" in err and "--split" in err
+
+
+def test_relative_paths_are_made_absolute_from_where_quorum_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = ServerArgs.parse(
+        ["--chat-template-file", "t/a.jinja", "--control-vector-scaled", "v1.gguf:0.5,/abs/v2:1",
+         "--media-path", "/already/absolute", "--temp", "0.5"]
+    )  # fmt: skip
+    assert server.argv == (
+        "--chat-template-file", f"{tmp_path}/t/a.jinja",
+        "--control-vector-scaled", f"{tmp_path}/v1.gguf:0.5,/abs/v2:1",
+        "--media-path", "/already/absolute", "--temp", "0.5",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--chat-template-file", "nope.jinja"], "failed to open file '{cwd}/nope.jinja'"),
+        (["--no-such-option"], "invalid argument: --no-such-option"),
+    ],
+)
+def test_an_option_llama_server_refuses_is_named_in_the_error(
+    args: list[str],
+    said: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(tiny_model), "-p", "hi", "-n", "2", "--", *args]) == 1
+    err = capsys.readouterr().err
+    assert said.format(cwd=tmp_path) in err.splitlines()[-1]
