@@ -210,7 +210,11 @@ def as_loaded(info: ModelInfo, server: ServerArgs) -> ModelInfo:
     layers = list(info.layer_bytes)
     embedding, output = info.embedding_bytes, info.output_bytes
     for path in server.adapters:
-        adapter = _adapter_bytes(path, info.architecture)
+        try:
+            changed = path.stat().st_mtime_ns
+        except OSError as exc:
+            raise QuorumError(f"LoRA adapter {path}: {exc.strerror}") from None
+        adapter = _adapter_bytes(path, changed, info.architecture)
         for index, size in adapter.layers.items():
             if index >= len(layers):
                 raise QuorumError(
@@ -237,7 +241,8 @@ class _AdapterBytes:
 
 
 @functools.lru_cache(maxsize=32)
-def _adapter_bytes(path: Path, architecture: str) -> _AdapterBytes:
+def _adapter_bytes(path: Path, mtime_ns: int, architecture: str) -> _AdapterBytes:
+    """An adapter's bytes by layer (cached while its file is unchanged)."""
     from gguf import GGUFReader
 
     try:
