@@ -44,6 +44,22 @@ def server(shared_workers: LocalCluster, tiny_model: Path) -> Iterator[tuple[str
         assert not [c for c in children if c.is_running() and c.status() != "zombie"]
 
 
+def serving(args: list[str]) -> tuple[subprocess.Popen[str], list[psutil.Process]]:
+    """`quorum ARGS` (a serve) once it says it serves, and the processes it started."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quorum_tui", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    if not first.startswith("serving"):
+        proc.kill()
+        pytest.fail(f"quorum serve did not start: {first}{proc.stderr.read()}")
+    return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
 def test_quorum_route_returns_the_realized_assignment(
     server: tuple[str, str], shared_workers: LocalCluster
 ) -> None:
@@ -96,16 +112,9 @@ def test_a_worker_killed_mid_stream_ends_serve_with_its_name(
     args = ["serve", str(slow_model), "--split", "0,4,4", "--port", str(port), "--no-failover"]
     for worker in local_cluster.workers:
         args += ["--worker", worker.endpoint]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quorum_tui", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, children = serving(args)
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().startswith("serving"), proc.stderr.read()
-        children = psutil.Process(proc.pid).children(recursive=True)
+        assert proc.stderr is not None
         victim = local_cluster.workers[1]
         body = {"prompt": "Once", "max_tokens": 1500, "stream": True, "ignore_eos": True}
         url = f"http://127.0.0.1:{port}/v1/completions"
@@ -138,16 +147,9 @@ def test_serve_binds_several_addresses_passes_options_and_ends_on_sigterm(
     port = free_port()
     args = ["serve", str(tiny_model), "--port", str(port), "--host", "127.0.0.1,127.0.0.2"]
     args += ["--worker", shared_workers.workers[0].endpoint, "--", "--alias", "tiny"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quorum_tui", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, children = serving(args)
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().startswith("serving"), proc.stderr.read()
-        children = psutil.Process(proc.pid).children(recursive=True)
+        assert proc.stderr is not None
         for host in ("127.0.0.1", "127.0.0.2"):
             models = httpx.get(f"http://{host}:{port}/v1/models", timeout=10).json()
             assert models["data"][0]["id"] == "tiny", host
