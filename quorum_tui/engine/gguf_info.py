@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quorum_tui.engine.ggufheader import Header, read_header
 from quorum_tui.errors import QuorumError
 
 GGUF_MAGIC = b"GGUF"
@@ -91,21 +92,17 @@ def inspect_model(path: str | Path) -> ModelInfo:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise QuorumError(f"{p} is not a GGUF file (it does not start with 'GGUF')")
-    try:
-        from gguf import GGUFReader
+    header = _header(p)
+    fields, tensors = header.fields, header.tensor_rows()
+    later, size = _later_parts(p, fields, size)
+    return describe(str(p), size, fields, tensors + later)
 
-        reader = GGUFReader(p)
-        fields = {name: field_value(f) for name, f in reader.fields.items()}
-        tensors = [
-            (t.name, int(t.n_bytes), int(t.data_offset), t.tensor_type.name) for t in reader.tensors
-        ]
-        later, size = _later_parts(p, fields, size)
-        tensors += later
-    except QuorumError:
-        raise
-    except Exception as exc:
-        raise QuorumError(f"{p} is a corrupt or truncated GGUF file ({_reason(exc)})") from None
-    return describe(str(p), size, fields, tensors)
+
+def _header(path: Path) -> Header:
+    try:
+        return read_header(path)
+    except (QuorumError, OSError, ValueError) as exc:
+        raise QuorumError(f"{path} is a corrupt or truncated GGUF file ({_reason(exc)})") from None
 
 
 def describe(
@@ -203,8 +200,6 @@ def _later_parts(
     first: Path, fields: dict[str, Any], size: int
 ) -> tuple[list[tuple[str, int, int, str]], int]:
     """Tensors of parts 2..N of a split model (offset 0: each lies within its own part)."""
-    from gguf import GGUFReader
-
     count = fields.get("split.count")
     split = split_part(first.name)
     if not isinstance(count, int) or count < 2 or split is None or split[1] != 1:
@@ -214,20 +209,9 @@ def _later_parts(
         part = first.with_name(split_part_name(split[0], index, count))
         if not part.is_file():
             raise QuorumError(f"{first} is part 1 of {count} but {part.name} is missing beside it")
-        rows += [(t.name, int(t.n_bytes), 0, t.tensor_type.name) for t in GGUFReader(part).tensors]
+        rows += [(t.name, t.n_bytes, 0, t.type_name) for t in _header(part).tensors]
         size += part.stat().st_size
     return rows, size
-
-
-def field_value(f: Any) -> Any:
-    """A GGUF header field's value (None when gguf cannot read it; long arrays cut to 64)."""
-    try:
-        value = f.contents()
-    except Exception:
-        return None
-    if isinstance(value, list) and len(value) > 64 and not isinstance(value[0], str):
-        return value[:64]
-    return value
 
 
 def _reason(exc: Exception) -> str:

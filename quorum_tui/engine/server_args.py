@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from quorum_tui.engine.gguf_info import ModelInfo, field_value
+from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.ggufheader import read_header
 from quorum_tui.errors import QuorumError
 
 _WORKERS = "Quorum connects the workers: add them with --worker or the cluster file"
@@ -243,12 +244,10 @@ class _AdapterBytes:
 @functools.lru_cache(maxsize=32)
 def _adapter_bytes(path: Path, mtime_ns: int, architecture: str) -> _AdapterBytes:
     """An adapter's bytes by layer (cached while its file is unchanged)."""
-    from gguf import GGUFReader
-
     try:
-        reader = GGUFReader(path)
-        fields = {name: field_value(f) for name, f in reader.fields.items()}
-        tensors = [(t.name, int(t.n_bytes)) for t in reader.tensors]
+        header = read_header(path)
+        fields = header.fields
+        tensors = [(t.name, t.n_bytes) for t in header.tensors]
     except Exception as exc:
         raise QuorumError(f"LoRA adapter {path} is not a readable GGUF file ({exc})") from None
     if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import httpx
 
 from quorum_tui.engine.gguf_info import ModelInfo, describe, inspect_model
+from quorum_tui.engine.ggufheader import Header, NeedMore, parse_header
 from quorum_tui.engine.memory import StageMemory, stage_memory
 from quorum_tui.engine.plan import LayerPlan, Stage, WorkerRef
 from quorum_tui.errors import QuorumError
 from quorum_tui.models import hub, pull
-from quorum_tui.models.ggufheader import Header, NeedMore, parse_header
 from quorum_tui.models.spec import (
     HubSpec,
     LocalSpec,

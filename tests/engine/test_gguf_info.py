@@ -131,3 +131,24 @@ def test_synth_cli_writes_a_loadable_model(quorum: QuorumRunner, tmp_path: Path)
     made = quorum("synth", str(out), "--layers", "3", "--embd", "32", "--heads", "2")
     assert made.returncode == 0, made.stderr
     assert inspect_model(out).n_layers == 3
+
+
+def test_the_header_reader_agrees_with_gguf_s_own(tiny_model: Path) -> None:
+    from gguf import GGUFReader
+
+    from quorum_tui.engine.ggufheader import MAX_ARRAY_ITEMS_KEPT, read_header
+
+    fixture = Path(__file__).parent.parent / "fixtures" / "stories260K.gguf"
+    for path in (tiny_model, fixture):
+        reader = GGUFReader(path)
+        header = read_header(path)
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF."):
+                continue
+            value = field.contents()
+            if isinstance(value, list) and value and not isinstance(value[0], str):
+                value = value[:MAX_ARRAY_ITEMS_KEPT]
+            assert header.fields[name] == value, name
+        assert header.tensor_rows() == [
+            (t.name, int(t.n_bytes), int(t.data_offset), t.tensor_type.name) for t in reader.tensors
+        ]

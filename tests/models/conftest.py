@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from quorum_tui.engine.gguf_info import ModelInfo
+from quorum_tui.engine.ggufheader import parse_header
 from quorum_tui.engine.synthetic import SyntheticSpec, write_synthetic
 from quorum_tui.models.cache import REGISTRY_MANIFEST
-from quorum_tui.models.ggufheader import parse_header
 from quorum_tui.models.preview import describe_headers
 from quorum_tui.models.wheels import model_path
 from tests.conftest import REAL_MODEL

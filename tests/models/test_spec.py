@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorum_tui.engine.gguf_info import inspect_model, split_part, split_part_name, split_parts
+from quorum_tui.engine.ggufheader import NeedMore, parse_header
 from quorum_tui.errors import QuorumError
-from quorum_tui.models.ggufheader import NeedMore, parse_header
 from quorum_tui.models.hub import RemoteFile, RepoListing, model_groups, quant_tag, select
 from quorum_tui.models.spec import HubSpec, LocalSpec, UrlSpec, parse_spec
 from tests.models.conftest import header_info

@@ -1,13 +1,17 @@
 """Parse a GGUF header (key-values and tensor infos) from its first bytes alone.
 
 The tensor data is never read, so a header fetched with an HTTP range request, or the first
-megabytes of a 40 GB file, is enough to describe the model.
+megabytes of a 40 GB file, is enough to describe the model. A local file is read the same way
+(gguf's GGUFReader builds a numpy view per array element: seconds for a 50,000-token
+tokenizer, where this takes a tenth of one).
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quorum_tui.errors import QuorumError
@@ -162,3 +166,13 @@ def _tensor_bytes(name: str, dims: list[int], ttype: int) -> int:
     for d in dims:
         elements *= d
     return elements // block * size
+
+
+def read_header(path: Path) -> Header:
+    """The header of the GGUF file at `path`, read through a memory map (only the header's
+    pages are touched); QuorumError when it is not a whole GGUF header."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            return parse_header(data)  # type: ignore[arg-type]
+        except NeedMore:
+            raise QuorumError("the file ends inside its GGUF header") from None
