@@ -1,8 +1,8 @@
 """llama-server's own options, passed through to the coordinator.
 
-Everything after `--` on `quorum serve`/`run`/`plan` (or `server_args` in the cluster file, or
-the Settings screen's field) reaches llama-server unchanged, after Quorum's own options, so it
-overrides their defaults. The options Quorum decides itself are refused with what to use
+Everything after `--` on `quorum serve`/`run`/`plan`/`tui` (or `server_args` in the cluster
+file) reaches llama-server, after Quorum's own options, so it overrides their defaults
+(relative paths made absolute: llama-server runs in its own folder). The options Quorum decides itself are refused with what to use
 instead, and the ones that change a stage's memory (the KV cache's types, LoRA adapters) are
 read here so the planner, the Layers screen and failover count them.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,19 +156,6 @@ class ServerArgs:
             tuple(adapters),
             metrics,
         )
-
-    @classmethod
-    def from_text(cls, text: str) -> ServerArgs:
-        """Options as one shell-quoted line (the cluster file's and the Settings field's)."""
-        try:
-            return cls.parse(shlex.split(text))
-        except ValueError as exc:
-            raise QuorumError(f"llama-server options {text!r}: {exc}") from None
-
-    def all_args(self) -> tuple[str, ...]:
-        """The options as given (what `from_text(shlex.join(...))` reads back)."""
-        alias = ("--alias", self.alias) if self.alias else ()
-        return (*(("--metrics",) if self.metrics else ()), *alias, *self.argv)
 
     def memory_note(self) -> str:
         """What these options change in memory, in words ('' when nothing)."""
