@@ -2,9 +2,10 @@
 
 Everything after `--` on `quorum serve`/`run`/`plan`/`tui` (or `server_args` in the cluster
 file) reaches llama-server, after Quorum's own options, so it overrides their defaults
-(relative paths made absolute: llama-server runs in its own folder). The options Quorum decides itself are refused with what to use
-instead, and the ones that change a stage's memory (the KV cache's types, LoRA adapters) are
-read here so the planner, the Layers screen and failover count them.
+(relative paths made absolute: llama-server runs in its own folder). The options Quorum
+decides itself are refused with what to use instead, and the ones that change a stage's
+memory (the KV cache's types, LoRA adapters) are read here so the planner, the Layers screen
+and failover count them.
 """
 
 from __future__ import annotations
