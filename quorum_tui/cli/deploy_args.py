@@ -10,7 +10,6 @@ from typing import TextIO
 from quorum_tui.cli.cluster_cmds import EventPrinter, ask_host_key
 from quorum_tui.cluster.bringup import BringUpOptions
 from quorum_tui.cluster.events import HostEvent
-from quorum_tui.cluster.inventory import load_inventory
 from quorum_tui.deploy.deployment import REJOIN_AFTER, Target
 from quorum_tui.deploy.events import (
     DeployEvent,
@@ -108,9 +107,9 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:
-    """The engine settings of the command line, after the llama-server options of the
-    cluster file (`--cluster FILE`), which the command line's override."""
-    settings = EngineSettings(
+    """The engine settings of the command line (a deployment over `--cluster FILE` puts that
+    file's llama-server options before these)."""
+    return EngineSettings(
         ctx=args.ctx,
         slots=args.slots,
         threads=args.threads,
@@ -119,10 +118,6 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         draft=args.draft,
         server_args=tuple(getattr(args, "server_args", ())),
     )
-    cluster = getattr(args, "cluster", None)
-    if cluster is None:
-        return settings
-    return settings.with_server_args(load_inventory(cluster).server_args)
 
 
 def plan_request(args: argparse.Namespace) -> PlanRequest:

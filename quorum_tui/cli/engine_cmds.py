@@ -339,12 +339,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"serving OpenAI-compatible API at {url}/v1", flush=True)
         print(f"realized assignment: {url}{PLAN_ROUTE}", flush=True)
         ended = asyncio.ensure_future(deployment.wait())
-        await asyncio.wait(
-            [ended, asyncio.ensure_future(terminated.wait())], return_when="FIRST_COMPLETED"
-        )
+        asked = asyncio.ensure_future(terminated.wait())
+        await asyncio.wait([ended, asked], return_when="FIRST_COMPLETED")
         if terminated.is_set():
             ended.cancel()
             return 0
+        asked.cancel()
         reason = ended.result()
     raise QuorumError(reason or "the coordinator stopped")
 

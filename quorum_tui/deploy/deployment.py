@@ -390,6 +390,7 @@ class Deployment:
             if target.workers:
                 raise QuorumError("use either --cluster or --worker, not both")
             inventory = load_inventory(resolve_path(target.cluster_file))
+            self.settings = self.settings.with_server_args(inventory.server_args)
             cluster = await self.pool.add_hosts(inventory, target.bring_up or BringUpOptions())
             if target.all_hosts:
                 cluster.require_all()

@@ -40,6 +40,7 @@ async def test_a_host_cut_off_the_network_fails_over(
     model = make_model(n_layers=8, n_embd=256, n_head=8, n_vocab=800, dtype="f16")
     near, far = lab.add("near"), lab.add("far")
     path = lab.cluster_file([near, far])
+    path.write_text('server_args = "--alias lab-model"\n' + path.read_text())
     settings = EngineSettings(threads=1, slots=1)
     try:
         async with (
@@ -48,6 +49,8 @@ async def test_a_host_cut_off_the_network_fails_over(
         ):
             prepared = await deployment.prepare(str(model), PlanRequest((0, 4, 4)))
             base = await deployment.start(prepared)
+            models = (await http.get(f"{base}/v1/models")).json()
+            assert models["data"][0]["id"] == "lab-model", "the cluster file's options"
             undisturbed, _ = await stream(http, base, None)
             text, final = await stream(http, base, far.link_down)
             assert text == undisturbed
