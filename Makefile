@@ -53,6 +53,7 @@ $(PY):
 	@missing=""; \
 	command -v cc >/dev/null && command -v c++ >/dev/null || missing="$$missing build-essential"; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing what building llama.cpp needs:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -90,11 +91,12 @@ $(VENV)/.llama-rpc: | $(PY)
 	fi
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.llama-rpc
+# `pip install -e .` also compiles quorum_tui/engine/_fnv.c, the tensor cache's hash.
+$(VENV)/.installed: pyproject.toml quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
 	$(PIP) install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.llama-rpc
+$(VENV)/.installed-test: pyproject.toml quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
 	$(PIP) install --quiet -e '.[test]'
 	@touch $@ $(VENV)/.installed
 

@@ -1,0 +1,462 @@
+"""A host's worker tensor cache, managed on the host: `python -m quorum_tui.cluster.hostcache`.
+
+The cache directory is the one the worker hands to llama.cpp (`rpc-cache`): each file holds one
+weight tensor's bytes and is named by their FNV-1a (engine.weights). Quorum fills it from the
+host's own copy of the model, from a URL with range requests, or from bytes the coordinator
+streams down stdin; each tensor is written under a temporary name, its sha256 checked against
+the coordinator's manifest, and only then renamed into place, so a file llama.cpp finds is
+whole and right. An index (`quorum-cache.json`) records each file's sha256 and which models
+use it, for `verify` and for evicting least-recently-used models when the cache outgrows its
+limit.
+
+Runs on worker hosts with the standard library only. Commands read one JSON request from the
+first line of stdin (`fill --stdin` then reads the tensors' bytes after it) and print JSON
+lines: `progress` events and a last `done` or `error`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+INDEX = "quorum-cache.json"
+LOCK = ".quorum-cache.lock"
+CHUNK = 8 << 20
+RESERVE = 256 << 20
+"""Disk space a fill leaves free."""
+NAME = re.compile(r"^[0-9a-f]{16}$")
+Emit = Callable[[dict[str, Any]], None]
+
+
+class CacheError(Exception):
+    """A fill or check that cannot go on; the message says why and what to do."""
+
+
+# ----- the index
+
+
+def _load_index(cache: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(cache, INDEX)) as f:
+            data = json.load(f)
+        if isinstance(data.get("files"), dict) and isinstance(data.get("models"), dict):
+            return data
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"files": {}, "models": {}}
+
+
+def _save_index(cache: str, index: dict[str, Any]) -> None:
+    path = os.path.join(cache, INDEX)
+    with open(path + ".tmp", "w") as f:
+        json.dump(index, f)
+    os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def _locked(cache: str) -> Iterator[dict[str, Any]]:
+    """The index, under the cache's lock, saved when the block ends."""
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, LOCK), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        index = _load_index(cache)
+        try:
+            yield index
+        finally:
+            _save_index(cache, index)
+
+
+def _entries(cache: str) -> dict[str, int]:
+    """Cache files present, by name, with their sizes."""
+    found = {}
+    for entry in os.scandir(cache):
+        if NAME.match(entry.name) and entry.is_file():
+            found[entry.name] = entry.stat().st_size
+    return found
+
+
+# ----- sources of a tensor's bytes
+
+
+class _Source:
+    label = ""
+
+    def check_file(self, file: dict[str, Any]) -> None:
+        """Raise CacheError unless this source's copy of `file` is the coordinator's."""
+
+    def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
+        raise NotImplementedError
+
+
+class _DirSource(_Source):
+    """Copies of the model's files in a directory on this host."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.expanduser(directory)
+        self.label = self.directory
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def check_file(self, file: dict[str, Any]) -> None:
+        path = self.path(file["name"])
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise CacheError(f"no copy of {file['name']} here ({path}: {exc.strerror})") from None
+        if size != file["size"]:
+            raise CacheError(
+                f"{path} has {size} bytes and the coordinator's {file['name']} "
+                f"{file['size']}: it is another file or an unfinished copy"
+            )
+        with open(path, "rb") as f:
+            head = f.read(file["header_bytes"])
+        if hashlib.sha256(head).hexdigest() != file["header_sha256"]:
+            raise CacheError(f"{path}'s GGUF header differs from the coordinator's model")
+
+    def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
+        with open(self.path(tensor["file"]), "rb") as f:
+            f.seek(tensor["offset"])
+            left = tensor["size"]
+            while left:
+                block = f.read(min(CHUNK, left))
+                if not block:
+                    raise CacheError(f"{self.path(tensor['file'])} ended inside {tensor['name']}")
+                left -= len(block)
+                yield block
+
+
+class _UrlSource(_Source):
+    """The model's files at a URL (`{file}` in it is each file's name), read by range."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url = url
+        self.headers = headers
+        self.label = url.split("?")[0]
+
+    def _get(self, name: str, first: int, size: int) -> Iterator[bytes]:
+        url = self.url.replace("{file}", name)
+        headers = {**self.headers, "Range": f"bytes={first}-{first + size - 1}"}
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                if reply.status != 206:
+                    raise CacheError(f"{self.label} does not answer range requests")
+                left = size
+                while left:
+                    block = reply.read(min(CHUNK, left))
+                    if not block:
+                        raise CacheError(f"{self.label} ended its reply early")
+                    left -= len(block)
+                    yield block
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise CacheError(f"cannot read {self.label}: {reason}") from None
+
+    def check_file(self, file: dict[str, Any]) -> None:
+        head = b"".join(self._get(file["name"], 0, file["header_bytes"]))
+        if hashlib.sha256(head).hexdigest() != file["header_sha256"]:
+            raise CacheError(f"{self.label}'s GGUF header differs from the coordinator's model")
+
+    def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
+        return self._get(tensor["file"], tensor["offset"], tensor["size"])
+
+
+class _StreamSource(_Source):
+    """The tensors' bytes, in the request's order, from the coordinator down stdin."""
+
+    label = "the coordinator"
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
+        left = tensor["size"]
+        while left:
+            block = self.stream.read(min(CHUNK, left))
+            if not block:
+                raise CacheError(f"the coordinator's stream ended inside {tensor['name']}")
+            left -= len(block)
+            yield block
+
+
+def _source(spec: dict[str, Any], stream: BinaryIO) -> _Source:
+    kind = spec.get("kind")
+    if kind == "dir":
+        return _DirSource(spec["dir"])
+    if kind == "url":
+        return _UrlSource(spec["url"], dict(spec.get("headers") or {}))
+    if kind == "stream":
+        return _StreamSource(stream)
+    raise CacheError(f"unknown source {kind!r}")
+
+
+# ----- commands
+
+
+def missing(cache: str, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The requested tensors the cache lacks (absent, or of the wrong size)."""
+    present = _entries(cache) if os.path.isdir(cache) else {}
+    return [t for t in request["tensors"] if present.get(t["fnv"]) != t["size"]]
+
+
+def fill(cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit) -> dict[str, Any]:
+    """Bring the request's tensors into the cache; return what was done."""
+    model = request["model"]
+    limit = int(request.get("limit_bytes") or 0)
+    tensors = request["tensors"]
+    with _locked(cache) as index:
+        _adopt(index, model, tensors)
+        lacking = missing(cache, request) if not request.get("exact") else tensors
+        need = sum(t["size"] for t in lacking)
+        evicted = _make_room(cache, index, model, need, limit, {t["fnv"] for t in tensors})
+        result = {"model": model, "tensors": len(tensors), "present": len(tensors) - len(lacking),
+                  "written": 0, "bytes": 0, "evicted": evicted, "source": ""}  # fmt: skip
+        if not lacking:
+            return result
+        source = _source(request["source"], stream)
+        result["source"] = source.label
+        for file in request.get("files", []):
+            if any(t["file"] == file["name"] for t in lacking):
+                source.check_file(file)
+        started = time.monotonic()
+        for tensor in lacking:
+            _write(cache, tensor, source)
+            index["files"][tensor["fnv"]] = {"sha256": tensor["sha256"], "size": tensor["size"]}
+            result["written"] += 1
+            result["bytes"] += tensor["size"]
+            emit({"event": "progress", "done": result["bytes"], "total": need,
+                  "seconds": time.monotonic() - started})  # fmt: skip
+        return result
+
+
+def _adopt(index: dict[str, Any], model: str, tensors: list[dict[str, Any]]) -> None:
+    """Record that `model` uses these tensors, now."""
+    entry = index["models"].setdefault(model, {"files": [], "used": 0.0})
+    known = set(entry["files"])
+    entry["files"] += [t["fnv"] for t in tensors if t["fnv"] not in known]
+    entry["used"] = time.time()
+    for t in tensors:
+        index["files"].setdefault(t["fnv"], {"sha256": t["sha256"], "size": t["size"]})
+
+
+def _make_room(
+    cache: str, index: dict[str, Any], model: str, need: int, limit: int, keep: set[str]
+) -> int:
+    """Evict least-recently-used models' files (never `keep`) until `need` more bytes fit
+    under `limit` and on the disk; raise CacheError when they cannot."""
+    present = _entries(cache)
+    evicted = 0
+
+    def fits() -> bool:
+        disk = shutil.disk_usage(cache).free - RESERVE >= need
+        return disk and (not limit or sum(present.values()) + need <= limit)
+
+    others = sorted(
+        ((entry.get("used", 0.0), name) for name, entry in index["models"].items() if name != model)
+    )
+    unknown = [n for n in present if n not in index["files"] and n not in keep]
+    victims = [[n] for n in sorted(unknown, key=lambda n: _mtime(cache, n))]
+    victims += [index["models"][name]["files"] for _, name in others]
+    for names in victims:
+        if fits():
+            break
+        for name in names:
+            if name in keep or name not in present:
+                continue
+            os.remove(os.path.join(cache, name))
+            present.pop(name)
+            index["files"].pop(name, None)
+            evicted += 1
+        for entry in index["models"].values():
+            entry["files"] = [n for n in entry["files"] if n in present or n in keep]
+    index["models"] = {
+        name: entry for name, entry in index["models"].items() if entry["files"] or name == model
+    }
+    if not fits():
+        free = shutil.disk_usage(cache).free
+        why = (
+            f"the cache limit is {_gib(limit)} and {model}'s tensors alone need more"
+            if limit and free - RESERVE >= need
+            else f"its disk has {_gib(free)} free and the fill needs {_gib(need)} "
+            f"(and leaves {_gib(RESERVE)})"
+        )
+        raise CacheError(
+            f"no room in the tensor cache {cache}: {why}. Free disk space or raise the "
+            "host's cache_gib in the cluster file; nothing was written"
+        )
+    return evicted
+
+
+def _mtime(cache: str, name: str) -> float:
+    try:
+        return os.path.getmtime(os.path.join(cache, name))
+    except OSError:
+        return 0.0
+
+
+def _write(cache: str, tensor: dict[str, Any], source: _Source) -> None:
+    """One tensor: bytes to a temporary file, sha256 checked, fsynced, renamed into place."""
+    final = os.path.join(cache, tensor["fnv"])
+    tmp = os.path.join(cache, f".{tensor['fnv']}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for block in source.read(tensor):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != tensor["sha256"]:
+            raise CacheError(
+                f"tensor {tensor['name']} from {source.label} differs from the coordinator's "
+                "model: that copy is another version or damaged, and is not used"
+            )
+        os.replace(tmp, final)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CacheError(
+                f"the disk of {cache} filled up while writing {tensor['name']}: free space "
+                "there or lower the host's cache_gib; the partial file was removed"
+            ) from None
+        raise CacheError(f"cannot write {tmp}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def verify(cache: str, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Hash every cache file; remove those whose bytes are not the tensor they are named
+    for. `request["known"]` maps names to sha256 for files the index does not know."""
+    known = dict(request.get("known") or {})
+    bad: list[str] = []
+    checked = unknown = 0
+    total = 0
+    with _locked(cache) as index:
+        entries = _entries(cache)
+        for name, size in sorted(entries.items()):
+            want = index["files"].get(name) or (
+                {"sha256": known[name], "size": None} if name in known else None
+            )
+            if want is None:
+                unknown += 1
+                continue
+            digest = hashlib.sha256()
+            with open(os.path.join(cache, name), "rb") as f:
+                for block in iter(lambda: f.read(CHUNK), b""):
+                    digest.update(block)
+            checked += 1
+            total += size
+            wrong_size = want.get("size") is not None and want["size"] != size
+            if wrong_size or digest.hexdigest() != want["sha256"]:
+                os.remove(os.path.join(cache, name))
+                index["files"].pop(name, None)
+                bad.append(name)
+            emit({"event": "progress", "done": checked, "total": len(entries)})
+        for entry in index["models"].values():
+            entry["files"] = [n for n in entry["files"] if n not in bad]
+    return {"checked": checked, "bytes": total, "bad": bad, "unknown": unknown}
+
+
+def listing(cache: str) -> dict[str, Any]:
+    """Each model's files and bytes present, the files no model claims, and the disk."""
+    if not os.path.isdir(cache):
+        return {"models": [], "other_files": 0, "other_bytes": 0, "free": 0, "dir": cache}
+    index = _load_index(cache)
+    present = _entries(cache)
+    claimed: set[str] = set()
+    models = []
+    for name, entry in sorted(index["models"].items(), key=lambda kv: -kv[1].get("used", 0)):
+        files = [n for n in entry["files"] if n in present]
+        claimed.update(files)
+        size = sum(present[n] for n in files)
+        models.append(
+            {"model": name, "files": len(files), "bytes": size, "used": entry.get("used", 0)}
+        )
+    other = [n for n in present if n not in claimed]
+    return {
+        "dir": cache,
+        "models": models,
+        "other_files": len(other),
+        "other_bytes": sum(present[n] for n in other),
+        "free": shutil.disk_usage(cache).free,
+    }
+
+
+def clear(cache: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Remove one model's files (those no other model uses), or every cache file."""
+    model = request.get("model")
+    removed = 0
+    freed = 0
+    if not os.path.isdir(cache):
+        return {"removed": 0, "bytes": 0}
+    with _locked(cache) as index:
+        present = _entries(cache)
+        if model:
+            if model not in index["models"]:
+                return {"removed": 0, "bytes": 0}
+            others = {n for m, e in index["models"].items() if m != model for n in e["files"]}
+            names = [n for n in index["models"].pop(model)["files"] if n not in others]
+        else:
+            names = list(present)
+            index["models"].clear()
+        for name in names:
+            if name in present:
+                os.remove(os.path.join(cache, name))
+                freed += present[name]
+                removed += 1
+            index["files"].pop(name, None)
+    return {"removed": removed, "bytes": freed}
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="quorum-hostcache")
+    p.add_argument("command", choices=("fill", "missing", "verify", "list", "clear"))
+    p.add_argument("--cache", required=True)
+    args = p.parse_args(argv)
+    stdin = sys.stdin.buffer
+    line = stdin.readline() if args.command != "list" else b"{}"
+    out = sys.stdout
+
+    def emit(event: dict[str, Any]) -> None:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+
+    try:
+        request = json.loads(line or b"{}")
+        if args.command == "fill":
+            result = fill(args.cache, request, stdin, emit)
+        elif args.command == "missing":
+            result = {"missing": [t["fnv"] for t in missing(args.cache, request)]}
+        elif args.command == "verify":
+            result = verify(args.cache, request, emit)
+        elif args.command == "list":
+            result = listing(args.cache)
+        else:
+            result = clear(args.cache, request)
+    except CacheError as exc:
+        emit({"event": "error", "message": str(exc)})
+        return 1
+    emit({"event": "done", **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

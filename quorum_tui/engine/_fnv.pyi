@@ -1,0 +1,3 @@
+from typing_extensions import Buffer
+
+def fnv1a64(data: Buffer, seed: int = ..., /) -> int: ...
