@@ -18,6 +18,7 @@ COMMAND_GROUPS = (
     "tui_cmds",
     "chat_cmds",
     "cluster_cmds",
+    "cache_cmds",
     "doctor_cmds",
 )
 """Modules under quorum_tui.cli, each with `register(subparsers)`."""

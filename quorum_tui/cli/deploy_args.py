@@ -22,6 +22,7 @@ from quorum_tui.deploy.events import (
     WorkerBack,
     WorkersReady,
 )
+from quorum_tui.deploy.placement import WeightsPlaced
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.plan import WorkerRef, parse_split
@@ -179,6 +180,8 @@ class DeployPrinter:
             )
         elif isinstance(event, WorkerBack):
             print(f"worker {event.worker.name} ({event.worker.endpoint}) is back", file=self.out)
+        elif isinstance(event, WeightsPlaced):
+            print(event.describe(), file=self.out)
         elif isinstance(event, WorkerEvent):
             print(f"worker {event.worker.name}: {event.state}: {event.reason}", file=self.out)
         elif isinstance(event, RejoinFailed):

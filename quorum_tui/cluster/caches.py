@@ -15,8 +15,10 @@ from typing import Any
 import asyncssh
 
 from quorum_tui.cluster import hostcache
+from quorum_tui.cluster.events import HostFailure, HostKeyPrompt
 from quorum_tui.cluster.hostprobe import CACHE_SH, RUNTIME_NAME
-from quorum_tui.cluster.sessions import HostSession, command_failures
+from quorum_tui.cluster.inventory import Inventory
+from quorum_tui.cluster.sessions import HostSession, command_failures, connect
 from quorum_tui.engine.weights import CachedTensor, WeightsManifest
 from quorum_tui.errors import QuorumError
 
@@ -128,6 +130,8 @@ class HostCache:
             return await asyncio.to_thread(work)
         except hostcache.CacheError as exc:
             raise QuorumError(f"{self.name}: {exc}") from None
+        except (ValueError, KeyError, OSError) as exc:
+            raise QuorumError(f"{self.name}: the tensor cache {command} failed: {exc!r}") from None
 
     async def _call_there(
         self,
@@ -200,7 +204,7 @@ class HostCache:
             assert read_here is not None
             lacking = set((await self.call("missing", request))["missing"])
             sending = [t for t in tensors if t.fnv in lacking]
-            request = {**fill_request(manifest, sending, source, limit_bytes), "exact": True}
+            request["send"] = [t.fnv for t in sending]
 
             def payload() -> AsyncIterator[bytes]:
                 return read_tensors(read_here, sending)
@@ -235,6 +239,38 @@ class HostCache:
         """Remove `model`'s files (or all); return (files, bytes) removed."""
         answer = await self.call("clear", {"model": model} if model else {})
         return int(answer["removed"]), int(answer["bytes"])
+
+
+async def open_caches(
+    inv: Inventory,
+    names: Sequence[str] | None,
+    prompt: HostKeyPrompt | None = None,
+    timeout: float | None = None,
+) -> tuple[list[HostCache], list[tuple[str, str]]]:
+    """The caches of the cluster file's hosts (all, or `names`), each over a new connection
+    (close them with `close_caches`), and the hosts that could not be used, with why."""
+    hosts = [inv.host(n) for n in names] if names else list(inv.hosts)
+    unused = [(h.name, "it runs its own rpc-server, whose cache Quorum does not manage")
+              for h in hosts if h.rpc_server]  # fmt: skip
+    hosts = [h for h in hosts if not h.rpc_server]
+    answers = await asyncio.gather(
+        *(connect(inv, h, prompt, timeout) for h in hosts), return_exceptions=True
+    )
+    caches = []
+    for host, answer in zip(hosts, answers, strict=True):
+        if isinstance(answer, HostFailure):
+            unused.append((host.name, f"{answer.state}: {answer.reason}"))
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            caches.append(HostCache(host.name, answer))
+    return caches, unused
+
+
+async def close_caches(caches: Sequence[HostCache]) -> None:
+    for cache in caches:
+        if cache.session is not None:
+            await cache.session.close()
 
 
 def remote_command(command: str) -> str:

@@ -10,8 +10,9 @@ use it, for `verify` and for evicting least-recently-used models when the cache 
 limit.
 
 Runs on worker hosts with the standard library only. Commands read one JSON request from the
-first line of stdin (`fill --stdin` then reads the tensors' bytes after it) and print JSON
-lines: `progress` events and a last `done` or `error`.
+first line of stdin (a `fill` from the `stream` source then reads, after it, the bytes of the
+tensors its `send` list names, in that order) and print JSON lines: `progress` events and a
+last `done` or `error`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -75,8 +77,19 @@ def _locked(cache: str) -> Iterator[dict[str, Any]]:
         index = _load_index(cache)
         try:
             yield index
-        finally:
+        except BaseException:
+            try:
+                _save_index(cache, index)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(cache, INDEX + ".tmp"))
+            raise
+        try:
             _save_index(cache, index)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cache, INDEX + ".tmp"))
+            raise CacheError(f"cannot write the cache's index in {cache}: {exc.strerror}") from None
 
 
 def _entries(cache: str) -> dict[str, int]:
@@ -145,10 +158,10 @@ class _UrlSource(_Source):
     def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url
         self.headers = headers
-        self.label = url.split("?")[0]
+        self.label = url.split("?")[0].replace("{file}", "<file>")
 
     def _get(self, name: str, first: int, size: int) -> Iterator[bytes]:
-        url = self.url.replace("{file}", name)
+        url = self.url.replace("{file}", urllib.parse.quote(name))
         headers = {**self.headers, "Range": f"bytes={first}-{first + size - 1}"}
         request = urllib.request.Request(url, headers=headers)
         try:
@@ -220,13 +233,21 @@ def fill(cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit) -> d
     tensors = request["tensors"]
     with _locked(cache) as index:
         _adopt(index, model, tensors)
-        lacking = missing(cache, request) if not request.get("exact") else tensors
+        if "send" in request:
+            order = {name: i for i, name in enumerate(request["send"])}
+            lacking = sorted(
+                (t for t in tensors if t["fnv"] in order), key=lambda t: order[t["fnv"]]
+            )
+        else:
+            lacking = missing(cache, request)
         need = sum(t["size"] for t in lacking)
-        evicted = _make_room(cache, index, model, need, limit, {t["fnv"] for t in tensors})
         result = {"model": model, "tensors": len(tensors), "present": len(tensors) - len(lacking),
-                  "written": 0, "bytes": 0, "evicted": evicted, "source": ""}  # fmt: skip
+                  "written": 0, "bytes": 0, "evicted": 0, "source": ""}  # fmt: skip
         if not lacking:
             return result
+        result["evicted"] = _make_room(
+            cache, index, model, need, limit, {t["fnv"] for t in tensors}
+        )
         source = _source(request["source"], stream)
         result["source"] = source.label
         for file in request.get("files", []):
@@ -257,48 +278,51 @@ def _make_room(
     cache: str, index: dict[str, Any], model: str, need: int, limit: int, keep: set[str]
 ) -> int:
     """Evict least-recently-used models' files (never `keep`) until `need` more bytes fit
-    under `limit` and on the disk; raise CacheError when they cannot."""
+    under `limit` and on the disk; raise CacheError, evicting nothing, when they cannot."""
     present = _entries(cache)
-    evicted = 0
-
-    def fits() -> bool:
-        disk = shutil.disk_usage(cache).free - RESERVE >= need
-        return disk and (not limit or sum(present.values()) + need <= limit)
-
+    free = shutil.disk_usage(cache).free
     others = sorted(
         ((entry.get("used", 0.0), name) for name, entry in index["models"].items() if name != model)
     )
     unknown = [n for n in present if n not in index["files"] and n not in keep]
-    victims = [[n] for n in sorted(unknown, key=lambda n: _mtime(cache, n))]
-    victims += [index["models"][name]["files"] for _, name in others]
-    for names in victims:
+    groups = [[n] for n in sorted(unknown, key=lambda n: _mtime(cache, n))]
+    groups += [index["models"][name]["files"] for _, name in others]
+    held, chosen, freed = sum(present.values()), [], 0
+
+    def fits() -> bool:
+        disk = free + freed - RESERVE >= need
+        return disk and (not limit or held - freed + need <= limit)
+
+    for names in groups:
         if fits():
             break
         for name in names:
-            if name in keep or name not in present:
-                continue
-            os.remove(os.path.join(cache, name))
-            present.pop(name)
-            index["files"].pop(name, None)
-            evicted += 1
-        for entry in index["models"].values():
-            entry["files"] = [n for n in entry["files"] if n in present or n in keep]
+            if name not in keep and name in present and name not in chosen:
+                chosen.append(name)
+                freed += present[name]
+    if not fits():
+        own = sum(size for name, size in present.items() if name in keep)
+        why = (
+            f"the cache limit is {_size(limit)} and {model}'s tensors alone need "
+            f"{_size(own + need)}"
+            if limit and own + need > limit
+            else f"its disk has {_size(free)} free, the fill needs {_size(need)} and leaves "
+            f"{_size(RESERVE)}, and evicting other models would free only {_size(freed)}"
+        )
+        raise CacheError(
+            f"no room in the tensor cache {cache}: {why}. Free disk space there or raise the "
+            "host's cache_gib in the cluster file; nothing was written or evicted"
+        )
+    for name in chosen:
+        os.remove(os.path.join(cache, name))
+        index["files"].pop(name, None)
+    gone = set(chosen)
+    for entry in index["models"].values():
+        entry["files"] = [n for n in entry["files"] if n not in gone]
     index["models"] = {
         name: entry for name, entry in index["models"].items() if entry["files"] or name == model
     }
-    if not fits():
-        free = shutil.disk_usage(cache).free
-        why = (
-            f"the cache limit is {_gib(limit)} and {model}'s tensors alone need more"
-            if limit and free - RESERVE >= need
-            else f"its disk has {_gib(free)} free and the fill needs {_gib(need)} "
-            f"(and leaves {_gib(RESERVE)})"
-        )
-        raise CacheError(
-            f"no room in the tensor cache {cache}: {why}. Free disk space or raise the "
-            "host's cache_gib in the cluster file; nothing was written"
-        )
-    return evicted
+    return len(chosen)
 
 
 def _mtime(cache: str, name: str) -> float:
@@ -374,7 +398,11 @@ def verify(cache: str, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
 def listing(cache: str) -> dict[str, Any]:
     """Each model's files and bytes present, the files no model claims, and the disk."""
     if not os.path.isdir(cache):
-        return {"models": [], "other_files": 0, "other_bytes": 0, "free": 0, "dir": cache}
+        parent = cache
+        while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        free = shutil.disk_usage(parent).free
+        return {"models": [], "other_files": 0, "other_bytes": 0, "free": free, "dir": cache}
     index = _load_index(cache)
     present = _entries(cache)
     claimed: set[str] = set()
@@ -422,8 +450,12 @@ def clear(cache: str, request: dict[str, Any]) -> dict[str, Any]:
     return {"removed": removed, "bytes": freed}
 
 
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB"
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             result = clear(args.cache, request)
     except CacheError as exc:
         emit({"event": "error", "message": str(exc)})
+        return 1
+    except (ValueError, KeyError, OSError) as exc:
+        emit({"event": "error", "message": f"the {args.command} request failed: {exc!r}"})
         return 1
     emit({"event": "done", **result})
     return 0

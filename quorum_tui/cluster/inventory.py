@@ -51,6 +51,11 @@ class HostConfig:
     transport: str = "tunnel"
     threads: int | None = None
     rpc_server: str | None = None
+    models_dir: str | None = None
+    """A directory on the host holding copies of models (an NFS mount, files put there
+    earlier): the worker's tensor cache is filled from them instead of over the network."""
+    cache_gib: float | None = None
+    """The most the worker's tensor cache may hold (None: as much as the disk allows)."""
 
     def to_toml(self) -> dict[str, Any]:
         """The non-default keys, in the documented order."""
@@ -196,7 +201,7 @@ def _parse_host(entry: dict[str, Any], index: int, lines: _Lines) -> HostConfig:
         if key not in entry:
             raise lines.error(lines.host_header(index), f"hosts[{index}].{key}", "is missing")
     values: dict[str, Any] = {}
-    for key in ("name", "address", "user", "identity_file", "rpc_server"):
+    for key in ("name", "address", "user", "identity_file", "rpc_server", "models_dir"):
         if key in entry:
             value = entry[key]
             if not isinstance(value, str) or not value.strip():
@@ -213,6 +218,11 @@ def _parse_host(entry: dict[str, Any], index: int, lines: _Lines) -> HostConfig:
             if not low <= value <= high:
                 raise fail(key, f"must be between {low} and {high}, not {value}")
             values[key] = value
+    if "cache_gib" in entry:
+        value = entry["cache_gib"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise fail("cache_gib", f"must be a positive number of GiB, not {value!r}")
+        values["cache_gib"] = float(value)
     if "transport" in entry:
         if entry["transport"] not in TRANSPORTS:
             raise fail("transport", f'must be "tunnel" or "direct", not {entry["transport"]!r}')

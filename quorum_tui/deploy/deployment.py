@@ -39,6 +39,7 @@ from quorum_tui.deploy.events import (
 )
 from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.gateway import Gateway
+from quorum_tui.deploy.placement import WeightsKeeper
 from quorum_tui.deploy.plans import PlanRequest, make_plan
 from quorum_tui.deploy.pool import WorkerPool
 from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
@@ -286,6 +287,8 @@ class Deployment:
         self.launcher = launcher
         self.timing = timing or Timing()
         self.pool = WorkerPool(self.emit)
+        self.weights = WeightsKeeper(self.pool, self.emit)
+        """Fills the hosts' tensor caches from their own copies, and stages failover layers."""
         self.pool.add_given(self.target.workers)
         self.workers: list[WorkerRef] = list(self.target.workers)
         """The workers plans are made over (all of the pool's unless `use_workers` chose)."""
@@ -563,6 +566,7 @@ class Deployment:
         if self.gateway is not None:
             await self.gateway.close()
             self.gateway = None
+        await self.weights.stop_staging()
         await self.pool.close()
         self._enter(Phase.STOPPED, reason, None)
         self._stopped.set()
@@ -591,6 +595,7 @@ class Deployment:
                     + ". Give those stages fewer layers (--split, or drag on the Layers screen), "
                     "let --auto plan by memory, or lower --ctx or --slots"
                 )
+            await self.weights.before_load(prepared.path, prepared.plan)
         except QuorumError as exc:
             gateway.pause(str(exc))
             raise
@@ -645,6 +650,10 @@ class Deployment:
         self._served_since = time.monotonic()
         self._retry_delay = self.timing.retry_first
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized, options.alias))
+        if self.failover:
+            self.weights.stage(
+                prepared.path, prepared.info, prepared.plan, free, self.settings, draft
+            )
         return gateway.url
 
     async def _stop_running(self, successor: bool) -> None:

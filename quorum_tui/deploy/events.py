@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from quorum_tui.cluster.events import HostEvent
+from quorum_tui.deploy.placement import WeightsPlaced
 from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
@@ -119,5 +120,6 @@ class WorkerBack:
 DeployEvent = (
     HostEvent | WorkerEvent | Progress | WorkersReady | ModelReady | Planned | Loading | Loaded
     | Ready | Serving | PhaseChanged | FailingOver | FailedOver | WorkerBack | RejoinFailed
+    | WeightsPlaced
 )  # fmt: skip
 EventSink = Callable[[DeployEvent], None]

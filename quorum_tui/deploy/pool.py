@@ -109,6 +109,13 @@ class WorkerPool:
                 return host.pid if host is not None else None
         return None
 
+    def host_of(self, worker: WorkerRef) -> HostResult | None:
+        """The SSH host `worker` runs on, while the pool looks after it."""
+        for kept in self.kept:
+            if kept.ref == worker:
+                return kept.host
+        return None
+
     def is_local(self, worker: WorkerRef) -> bool:
         return any(k.ref == worker and k.local is not None for k in self.kept)
 

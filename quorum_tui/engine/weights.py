@@ -118,6 +118,21 @@ def _held(name: str, layers: set[int], output: bool, tied: bool) -> bool:
     return output
 
 
+def _kept_dir() -> Path:
+    return paths.cache_dir() / "manifests"
+
+
+def known_manifests() -> list[WeightsManifest]:
+    """Every manifest computed on this machine (for checking caches that hold their tensors)."""
+    found = []
+    for kept in sorted(_kept_dir().glob("*.json")) if _kept_dir().is_dir() else []:
+        try:
+            found.append(WeightsManifest.from_json(json.loads(kept.read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
 def manifest(path: Path) -> WeightsManifest:
     """The manifest of the model at `path` (its first part, for a split model), computed on
     first use and kept under the cache dir for as long as the files are unchanged."""
@@ -126,7 +141,7 @@ def manifest(path: Path) -> WeightsManifest:
     key = "|".join(
         f"{f.resolve()}:{s.st_size}:{s.st_mtime_ns}" for f, s in zip(files, stats, strict=True)
     )
-    kept = paths.cache_dir() / "manifests" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    kept = _kept_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
     try:
         return WeightsManifest.from_json(json.loads(kept.read_text()))
     except (OSError, ValueError, KeyError, TypeError):

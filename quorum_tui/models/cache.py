@@ -24,7 +24,7 @@ from quorum_tui.engine.gguf_info import inspect_model, split_part, split_parts
 from quorum_tui.errors import QuorumError
 from quorum_tui.logs import logged
 from quorum_tui.models.download import PART_SUFFIX
-from quorum_tui.models.hub import group_key, quant_tag
+from quorum_tui.models.hub import auth_headers, file_url, group_key, quant_tag
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,27 @@ def cached_hub_files(repo: str, spec: str) -> list[Path] | None:
         return None
     found = [repo_dir(repo) / name for name in chosen]
     return found if all(p.is_file() for p in found) else None
+
+
+def source_url(path: Path) -> tuple[str, dict[str, str]] | None:
+    """Where the cached model at `path` came from, as a URL with `{file}` for each of its
+    files' names, and the headers to send (the Hub's token); None for a file from elsewhere."""
+    path = path.resolve()
+    hub = models_dir().resolve() / "hf"
+    if path.is_relative_to(hub):
+        owner, name, *rest = path.relative_to(hub).parts
+        repo = f"{owner}/{name}"
+        commit = str(repo_manifest(repo).get("commit") or "")
+        if not commit or not rest:
+            return None
+        folder = "/".join(rest[:-1])
+        url = file_url(repo, f"{folder}/@FILE@" if folder else "@FILE@", commit)
+        return url.replace("%40FILE%40", "{file}"), auth_headers()
+    manifest = read_json(path.parent / URL_MANIFEST)
+    url = str(manifest.get("url") or "")
+    if url and path.parent.resolve().is_relative_to(models_dir().resolve() / "url"):
+        return url, {}
+    return None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from quorum_tui.deploy.events import (
     Serving,
     WorkerBack,
 )
+from quorum_tui.deploy.placement import WeightsPlaced
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.gguf_info import ModelInfo
@@ -431,6 +432,8 @@ class QuorumApp(SshActions, ModelActions):
             )
         elif isinstance(event, RejoinFailed):
             self.report("rejoin", event.reason)
+        elif isinstance(event, WeightsPlaced):
+            self.note(event.describe())
         elif isinstance(event, WorkerEvent):
             self.on_worker_event(event)
 
