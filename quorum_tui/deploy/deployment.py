@@ -274,10 +274,13 @@ class Deployment:
         rejoin_after: float | None = REJOIN_AFTER,
         launcher: Launcher = launch_llama_server,
         timing: Timing | None = None,
+        stage_weights: bool = True,
     ) -> None:
         self.target = target or Target()
         self.failover = failover
         """Whether a worker's death re-plans on the survivors and resumes the replies."""
+        self.stage_weights = stage_weights
+        """Whether hosts stage, while the plan serves, the layers a failover would move to them."""
         self.rejoin_after = rejoin_after
         """Seconds a dead worker must answer again before the home plan is restored by
         itself (None: only when `rejoin` is called)."""
@@ -445,9 +448,14 @@ class Deployment:
         """The plan `request` asks for over the current workers (the planner measures them
         with the threads the coordinator will use)."""
         self._measuring = {w.endpoint for w in self.workers} if request.auto else set()
+        cached: dict[str, tuple[int, ...]] = {}
+        home = self.home.plan if self.home is not None else None
+        keep = [p for p in (home, self.serving_plan) if p is not None]
         try:
+            if request.auto:
+                cached = await self.weights.cached_layers(Path(info.path), info, self.workers)
             plan, explanation = await make_plan(
-                info, self.workers, request, self.settings, self.threads, draft
+                info, self.workers, request, self.settings, self.threads, draft, cached, keep
             )
         finally:
             self._measuring = set()
@@ -650,7 +658,7 @@ class Deployment:
         self._served_since = time.monotonic()
         self._retry_delay = self.timing.retry_first
         self.emit(Serving(f"{gateway.url}/v1", prepared.plan, running.realized, options.alias))
-        if self.failover:
+        if self.failover and self.stage_weights:
             self.weights.stage(
                 prepared.path, prepared.info, prepared.plan, free, self.settings, draft
             )

@@ -207,6 +207,27 @@ class WeightsKeeper:
         event = WeightsPlaced(host.ref, purpose, used, written, cached, total, seconds)
         self.emit(replace(event, notes=tuple(notes)))
 
+    async def cached_layers(
+        self, path: Path, info: ModelInfo, workers: Sequence[WorkerRef]
+    ) -> dict[str, tuple[int, ...]]:
+        """Per managed worker (by endpoint): bytes of each layer, then of the output layer,
+        in its tensor cache; a worker that cannot say is left out (counted as empty)."""
+        hosts = self.hosts(workers)
+        if not hosts:
+            return {}
+        weights = await asyncio.to_thread(manifest, path)
+        found: dict[str, tuple[int, ...]] = {}
+        for host in hosts:
+            with logged(log, f"asking {host.ref.name} what its cache holds"):
+                lacking = {t.fnv for t in await host.cache.missing(weights, weights.tensors)}
+                per_layer = [0] * (info.n_layers + 1)
+                for index in range(info.n_layers + 1):
+                    output = index == info.n_layers
+                    held = weights.for_layers([] if output else [index], output)
+                    per_layer[index] = sum(t.size for t in held if t.fnv not in lacking)
+                found[host.ref.endpoint] = tuple(per_layer)
+        return found
+
     async def coverage(self, path: Path, plan: LayerPlan) -> dict[str, tuple[int, int]]:
         """Per managed worker: bytes of its stage's large tensors cached, and their total."""
         hosts = self.hosts(plan.workers)

@@ -31,13 +31,16 @@ async def make_plan(
     settings: EngineSettings,
     threads: int,
     draft: ModelInfo | None = None,
+    cached: dict[str, tuple[int, ...]] | None = None,
+    keep: Sequence[LayerPlan] = (),
 ) -> tuple[LayerPlan, Explanation | None]:
-    """The plan `request` asks for; the planner measures with the coordinator's `threads`
-    and leaves room for a draft model on the coordinator."""
+    """The plan `request` asks for; the planner measures with the coordinator's `threads`,
+    leaves room for a draft model on the coordinator, prices loads by what the workers'
+    tensor caches hold (`cached`) and keeps a plan of `keep` when that pays."""
     if request.auto:
         from quorum_tui.engine.measure import auto_plan
 
-        explanation = await auto_plan(info, workers, settings, threads, draft)
+        explanation = await auto_plan(info, workers, settings, threads, draft, cached, keep)
         assert explanation.plan is not None
         return explanation.plan, explanation
     if request.split is not None:

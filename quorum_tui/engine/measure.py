@@ -38,7 +38,7 @@ from quorum_tui import paths
 from quorum_tui.engine.endpoint import parse_endpoint
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import whole_model_memory
-from quorum_tui.engine.plan import WorkerRef
+from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.planner import (
     INF,
     ClusterProfile,
@@ -326,17 +326,24 @@ async def auto_plan(
     settings: EngineSettings,
     threads: int,
     draft: ModelInfo | None = None,
+    cached: dict[str, tuple[int, ...]] | None = None,
+    keep: Sequence[LayerPlan] = (),
 ) -> Explanation:
     """Measure the stages with the coordinator's `threads` and solve for `settings`' memory
     (a draft model takes its share of the coordinator's); a model that fits nowhere is an
-    error. With a draft, the prediction counts the draft's compute too."""
+    error. With a draft, the prediction counts the draft's compute too. `cached` (bytes per
+    layer in each worker's tensor cache, by endpoint) prices each plan's load, and a plan of
+    `keep` whose layers are cached wins when it is nearly as fast (planner.prefer_cached)."""
     measured = await measure_cluster(info, workers, threads=threads)
     profile = measured.profile
+    if cached:
+        with_cache = [replace(w, cached=cached.get(w.endpoint or "", ())) for w in profile.workers]
+        profile = replace(profile, workers=tuple(with_cache))
     if draft is not None and profile.coordinator.free is not None:
         need = whole_model_memory(draft, settings.ctx, settings.slots).total
         coordinator = replace(profile.coordinator, free=max(profile.coordinator.free - need, 0))
         profile = replace(profile, coordinator=coordinator)
-    explanation = solve(info, settings.ctx, profile, settings.slots)
+    explanation = solve(info, settings.ctx, profile, settings.slots, keep)
     if explanation.plan is None:
         raise QuorumError(" ".join(explanation.messages))
     return with_draft(explanation, profile, info, draft) if draft else explanation

@@ -52,6 +52,8 @@ class StageProfile:
     second on the link (unused for the coordinator). `free` caps the stage's memory; None is
     unknown, which the planner treats as unlimited.
 
+    `cached` says how much of each layer a load need not send (the worker's tensor cache).
+
     `curve`, when measured, holds (layer count, compute seconds per token) points: a stage
     holding few layers can keep them in the CPU's caches and run them faster per layer than
     many. Compute is interpolated between the points (from (0, 0)) and continues at `layer_s`
@@ -65,6 +67,9 @@ class StageProfile:
     bandwidth: float = INF
     free: int | None = None
     curve: tuple[tuple[int, float], ...] = ()
+    cached: tuple[int, ...] = ()
+    """Bytes of each layer (then of the output layer) already in this worker's tensor cache:
+    a load sends only the rest over its link. Empty: nothing is cached."""
 
     def compute(self, layers: float) -> float:
         """Compute seconds per token for `layers` (fractional for the output layer's share)."""
@@ -84,6 +89,7 @@ class StageProfile:
             "bandwidth": None if math.isinf(self.bandwidth) else self.bandwidth,
             "free": self.free,
             "curve": [list(point) for point in self.curve],
+            "cached": list(self.cached),
         }
 
 
@@ -145,6 +151,16 @@ class CostModel:
     def link_s(self, p: StageProfile, output: bool) -> float:
         back = self.info.n_vocab if output else self.info.n_embd
         return p.fixed_s + (self.info.n_embd + back) * FLOAT_BYTES / p.bandwidth
+
+    def load_bytes(self, p: StageProfile, first: int, count: int, output: bool) -> int:
+        """Bytes a load sends to worker `p` for these layers: what its cache lacks."""
+        info = self.info
+        sizes = [*info.layer_bytes[first : first + count]]
+        cached = [p.cached[i] if i < len(p.cached) else 0 for i in range(first, first + count)]
+        if output:
+            sizes.append(info.output_bytes)
+            cached.append(p.cached[info.n_layers] if len(p.cached) > info.n_layers else 0)
+        return sum(max(size - have, 0) for size, have in zip(sizes, cached, strict=True))
 
     def worker_s(self, p: StageProfile, count: int, output: bool) -> float:
         """Per-token time of a worker stage; an unused worker costs nothing."""
@@ -212,6 +228,9 @@ class StageEstimate:
     link_s: float
     memory: StageMemory
     free: int | None
+    load_bytes: int = 0
+    """Weights a load sends over this stage's link (what its tensor cache lacks)."""
+    load_s: float = 0.0
 
     @property
     def time_s(self) -> float:
@@ -233,6 +252,8 @@ class StageEstimate:
             "memory": self.memory.to_json(),
             "free": self.free,
             "fits": self.fits,
+            "load_bytes": self.load_bytes,
+            "load_s": self.load_s,
         }
 
 
@@ -254,6 +275,16 @@ class Explanation:
     @property
     def predicted_tps(self) -> float:
         return 1.0 / self.per_token_s if self.per_token_s > 0 and self.plan else 0.0
+
+    @property
+    def load_s(self) -> float:
+        """Seconds a load spends sending weights over the links (llama.cpp sends them one
+        tensor after another)."""
+        return sum(s.load_s for s in self.stages)
+
+    @property
+    def load_bytes(self) -> int:
+        return sum(s.load_bytes for s in self.stages)
 
     @property
     def bottleneck(self) -> str | None:
@@ -320,6 +351,8 @@ class Explanation:
             "stages": [s.to_json() for s in self.stages],
             "messages": list(self.messages),
             "round_trip_share": self.link_share,
+            "load_bytes": self.load_bytes,
+            "load_s": self.load_s,
             "speculation_gain": self.speculation_gain,
             "speculation_helps": self.speculation_gain >= SPECULATION_HELPS,
             **self.extra,
@@ -345,6 +378,12 @@ class Explanation:
                 f"  {s.name:<12} layers {span:<7}{' +output' if s.output else '':<8} "
                 f"compute {s.compute_s * 1000:7.2f} ms  link {s.link_s * 1000:6.2f} ms  "
                 f"memory {human_bytes(s.memory.total)}{have}"
+            )
+        if any(s.load_s for s in self.stages):
+            out.append(
+                f"loading sends {human_bytes(self.load_bytes)} of weights over the links "
+                f"(about {self.load_s:.1f}s at their measured bandwidth; the rest is in the "
+                "workers' tensor caches)"
             )
         if self.bottleneck:
             out.append(f"bottleneck: {self.bottleneck}")
@@ -386,9 +425,12 @@ def explain(
         total += compute + link
         layers = (stage.first, stage.first + stage.count - 1) if stage.count else None
         memory = cost.memory(stage.first, stage.count, index == 0, output)
-        stages.append(
-            StageEstimate(stage.name, stage.endpoint, layers, output, compute, link, memory, p.free)
+        sent = cost.load_bytes(p, stage.first, stage.count, output) if index else 0
+        load = sent / p.bandwidth if sent and p.bandwidth < INF else 0.0
+        estimate = StageEstimate(
+            stage.name, stage.endpoint, layers, output, compute, link, memory, p.free
         )
+        stages.append(dataclasses.replace(estimate, load_bytes=sent, load_s=load))
     verdict = "local" if plan.output_stage == 0 else "sharded"
     return Explanation(plan, verdict, total, tuple(stages), profile.coordinator.fixed_s)
 
@@ -412,7 +454,11 @@ def with_draft(
 
 
 def solve(
-    info: ModelInfo, ctx: int, profile: ClusterProfile, slots: int = DEFAULT_SLOTS
+    info: ModelInfo,
+    ctx: int,
+    profile: ClusterProfile,
+    slots: int = DEFAULT_SLOTS,
+    keep: Sequence[LayerPlan] = (),
 ) -> Explanation:
     """The plan with the least predicted time per token that fits everywhere.
 
@@ -433,7 +479,52 @@ def solve(
     else:
         best = solve_knapsack(info, ctx, profile, slots)
     exact = not matters or len(profile.workers) <= SUBSET_LIMIT
-    return _finish(info, ctx, profile, best, exact, slots)
+    fastest = _finish(info, ctx, profile, best, exact, slots)
+    return prefer_cached(info, ctx, profile, fastest, keep, slots)
+
+
+REPLAN_TOLERANCE = 0.1
+"""A plan whose layers the workers already cache is kept over the fastest one when it is
+predicted at most this much slower per token and loads faster."""
+
+
+def prefer_cached(
+    info: ModelInfo,
+    ctx: int,
+    profile: ClusterProfile,
+    best: Explanation,
+    keep: Sequence[LayerPlan],
+    slots: int = DEFAULT_SLOTS,
+) -> Explanation:
+    """`best`, or the plan of `keep` (plans served before) that loads fastest, when it fits,
+    loads faster and is within REPLAN_TOLERANCE of `best`'s time per token."""
+    if best.plan is None:
+        return best
+    measured = {w.endpoint for w in profile.workers}
+    chosen = best
+    for plan in keep:
+        if plan == best.plan or any(w.endpoint not in measured for w in plan.workers):
+            continue
+        other = explain(info, ctx, profile, plan, slots)
+        slower = other.per_token_s / best.per_token_s - 1 if best.per_token_s > 0 else INF
+        if (
+            all(s.fits for s in other.stages)
+            and slower <= REPLAN_TOLERANCE
+            and other.load_s < chosen.load_s - 1e-9
+        ):
+            chosen = dataclasses.replace(
+                other,
+                messages=(
+                    *best.messages,
+                    f"kept {plan.summary()}, whose layers the workers already cache: it loads "
+                    f"in about {other.load_s:.1f}s instead of {best.load_s:.1f}s for "
+                    f"{best.plan.summary()}, and is predicted {max(slower, 0):.0%} slower per "
+                    "token",
+                ),
+                local_tps=best.local_tps,
+                extra=best.extra,
+            )
+    return chosen
 
 
 SUBSET_LIMIT = 6

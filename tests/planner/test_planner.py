@@ -339,3 +339,39 @@ def test_knapsack_plans_always_fit(data: Drawn, n_layers: int) -> None:
         ]
         plan = LayerPlan.from_counts(n_layers, counts, refs)
         assert all(s.fits for s in explain(info, 256, profile, plan).stages)
+
+
+def refs(profile: ClusterProfile) -> list[WorkerRef]:
+    return [WorkerRef(w.name, w.endpoint or "") for w in profile.workers]
+
+
+def test_every_estimate_counts_the_weights_a_load_sends_over_each_link() -> None:
+    info = model(n_layers=4, layer=100 * MB, output=50 * MB)
+    cached = (100 * MB, 40 * MB, 0, 0, 0)
+    w1 = dataclasses.replace(worker(1, bw=10 * MB), cached=cached)
+    profile = ClusterProfile(coordinator(free=0), (w1, worker(2, bw=20 * MB)))
+    plan = LayerPlan.from_counts(4, [0, 2, 2], refs(profile))
+    result = explain(info, 2048, profile, plan)
+    first, second = result.stages[1], result.stages[2]
+    assert first.load_bytes == 60 * MB and first.load_s == pytest.approx(6.0)
+    assert second.load_bytes == 250 * MB and second.load_s == pytest.approx(12.5)
+    assert result.load_s == pytest.approx(18.5) and result.stages[0].load_bytes == 0
+    assert any("loading sends 310.0 MiB" in line for line in result.lines())
+
+
+def test_a_replan_keeps_the_cached_placement_when_it_is_nearly_as_fast() -> None:
+    info = model(n_layers=4)
+    full = (100 * MB,) * 4 + (100 * MB,)
+    slow = dataclasses.replace(worker(1, layer_s=0.011, bw=10 * MB), cached=full)
+    fast = worker(2, layer_s=0.010, bw=10 * MB)
+    profile = ClusterProfile(coordinator(1.0, free=gib(64)), (slow, fast))
+    fastest = solve(info, 2048, profile)
+    assert fastest.plan is not None and fastest.plan.workers[0].name == "w2"
+    held = LayerPlan.from_counts(4, [0, 4], refs(profile)[:1])
+    kept = solve(info, 2048, profile, keep=[held])
+    assert kept.plan == held and kept.load_s == 0.0
+    assert any("whose layers the workers already cache" in m for m in kept.messages)
+
+    slower = dataclasses.replace(slow, layer_s=0.02)
+    profile = ClusterProfile(coordinator(1.0, free=gib(64)), (slower, fast))
+    assert solve(info, 2048, profile, keep=[held]).plan != held, "too slow to keep"
