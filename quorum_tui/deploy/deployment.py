@@ -39,7 +39,7 @@ from quorum_tui.deploy.events import (
 )
 from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.gateway import Gateway
-from quorum_tui.deploy.placement import WeightsKeeper
+from quorum_tui.deploy.placement import CacheCoverage, WeightsKeeper
 from quorum_tui.deploy.plans import PlanRequest, make_plan
 from quorum_tui.deploy.pool import WorkerPool
 from quorum_tui.engine.completion import Completed, CompletionRequest, Piece, stream_completion
@@ -453,7 +453,7 @@ class Deployment:
         keep = [p for p in (home, self.serving_plan) if p is not None]
         try:
             if request.auto:
-                cached = await self.weights.cached_layers(Path(info.path), info, self.workers)
+                cached = (await self.cache_coverage(info)).held
             plan, explanation = await make_plan(
                 info, self.workers, request, self.settings, self.threads, draft, cached, keep
             )
@@ -461,6 +461,14 @@ class Deployment:
             self._measuring = set()
         self.emit(Planned(plan, explanation))
         return plan, explanation
+
+    async def cache_coverage(
+        self, info: ModelInfo, workers: Sequence[WorkerRef] | None = None
+    ) -> CacheCoverage:
+        """How much of each layer of `info` the tensor caches of `workers` (the plan's
+        workers by default) hold."""
+        chosen = self.workers if workers is None else workers
+        return await self.weights.cached_layers(Path(info.path), info, chosen)
 
     # ----- intents
 

@@ -73,6 +73,28 @@ Sink = Callable[[WeightsPlaced], None]
 
 
 @dataclass(frozen=True)
+class CacheCoverage:
+    """Bytes of each layer (then of the output layer) that llama.cpp offers by hash
+    (`totals`), and how many of them each worker's tensor cache holds, by endpoint."""
+
+    totals: tuple[int, ...]
+    held: dict[str, tuple[int, ...]]
+
+    def share(self, plan: LayerPlan, stage: int) -> float | None:
+        """The fraction of `stage`'s cacheable bytes its worker's cache holds (None: unknown,
+        or nothing on that stage is cacheable)."""
+        endpoint = plan.stages[stage].endpoint or ""
+        have = self.held.get(endpoint)
+        if stage == 0 or have is None:
+            return None
+        picked = [*plan.stages[stage].layers]
+        if plan.output_stage == stage:
+            picked.append(len(self.totals) - 1)
+        total = sum(self.totals[i] for i in picked)
+        return sum(have[i] for i in picked) / total if total else None
+
+
+@dataclass(frozen=True)
 class _Host:
     ref: WorkerRef
     config: HostConfig
@@ -209,24 +231,26 @@ class WeightsKeeper:
 
     async def cached_layers(
         self, path: Path, info: ModelInfo, workers: Sequence[WorkerRef]
-    ) -> dict[str, tuple[int, ...]]:
-        """Per managed worker (by endpoint): bytes of each layer, then of the output layer,
-        in its tensor cache; a worker that cannot say is left out (counted as empty)."""
+    ) -> CacheCoverage:
+        """How much of each layer each managed worker's tensor cache holds; a worker that
+        cannot say is left out."""
         hosts = self.hosts(workers)
         if not hosts:
-            return {}
+            return CacheCoverage((), {})
         weights = await asyncio.to_thread(manifest, path)
-        found: dict[str, tuple[int, ...]] = {}
+        groups = [
+            weights.for_layers([] if i == info.n_layers else [i], i == info.n_layers)
+            for i in range(info.n_layers + 1)
+        ]
+        totals = tuple(sum(t.size for t in group) for group in groups)
+        held: dict[str, tuple[int, ...]] = {}
         for host in hosts:
             with logged(log, f"asking {host.ref.name} what its cache holds"):
                 lacking = {t.fnv for t in await host.cache.missing(weights, weights.tensors)}
-                per_layer = [0] * (info.n_layers + 1)
-                for index in range(info.n_layers + 1):
-                    output = index == info.n_layers
-                    held = weights.for_layers([] if output else [index], output)
-                    per_layer[index] = sum(t.size for t in held if t.fnv not in lacking)
-                found[host.ref.endpoint] = tuple(per_layer)
-        return found
+                held[host.ref.endpoint] = tuple(
+                    sum(t.size for t in group if t.fnv not in lacking) for group in groups
+                )
+        return CacheCoverage(totals, held)
 
     async def coverage(self, path: Path, plan: LayerPlan) -> dict[str, tuple[int, int]]:
         """Per managed worker: bytes of its stage's large tensors cached, and their total."""

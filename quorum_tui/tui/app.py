@@ -22,7 +22,7 @@ from quorum_tui.deploy.events import (
     Serving,
     WorkerBack,
 )
-from quorum_tui.deploy.placement import WeightsPlaced
+from quorum_tui.deploy.placement import CacheCoverage, WeightsPlaced
 from quorum_tui.deploy.plans import PlanRequest
 from quorum_tui.deploy.pool import WorkerEvent
 from quorum_tui.engine.gguf_info import ModelInfo
@@ -76,6 +76,8 @@ class QuorumApp(SshActions, ModelActions):
         self.info: ModelInfo | None = None
         self.model_path: Path | None = None
         self.plan: LayerPlan | None = None
+        self.coverage: CacheCoverage | None = None
+        """What the workers' tensor caches hold of the model, as the core last said."""
         self.hosts: list[HostStatus] = [HostStatus("coordinator", COORDINATOR_HOST, state="idle")]
         self.local_free_bytes: int | None = self.setup.local_free
         self.deployment = Deployment(
@@ -221,8 +223,9 @@ class QuorumApp(SshActions, ModelActions):
         realized = self.realized if plan is not None and plan == serving else None
         for pane in self.query(LayersPane):
             pane.show(
-                self.info, plan, free, self.deployment.settings, realized, self.advice, self.draft
-            )
+                self.info, plan, free, self.deployment.settings, realized, self.advice, self.draft,
+                self.coverage,
+            )  # fmt: skip
 
     def set_coordinator_status(self, text: str | Text | None = None) -> None:
         if text is None:
@@ -255,6 +258,20 @@ class QuorumApp(SshActions, ModelActions):
             self.plan = None
         else:
             self.plan = proposal(self.info, self.worker_refs)
+        self.coverage = None
+        self.show_plan()
+        self.refresh_coverage()
+
+    @work(exclusive=True, group="coverage", exit_on_error=False)
+    async def refresh_coverage(self) -> None:
+        """Ask the core what the workers' tensor caches hold of the model, then redraw."""
+        if self.info is None:
+            return
+        try:
+            self.coverage = await self.deployment.cache_coverage(self.info, self.worker_refs)
+        except QuorumError as exc:
+            self.note(f"tensor caches: {exc}")
+            return
         self.show_plan()
 
     # ----- actions
@@ -434,6 +451,7 @@ class QuorumApp(SshActions, ModelActions):
             self.report("rejoin", event.reason)
         elif isinstance(event, WeightsPlaced):
             self.note(event.describe())
+            self.refresh_coverage()
         elif isinstance(event, WorkerEvent):
             self.on_worker_event(event)
 

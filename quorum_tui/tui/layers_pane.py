@@ -12,6 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Static
 
+from quorum_tui.deploy.placement import CacheCoverage
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.memory import stage_memory
 from quorum_tui.engine.plan import LayerPlan
@@ -20,7 +21,7 @@ from quorum_tui.tui.layermap import LayerMap, stage_color
 from quorum_tui.tui.session import model_label, planned_ranges, realized_ranges
 from quorum_tui.units import human_bytes
 
-COLUMNS = ("Stage", "Host", "Planned", "Weights", "Needs", "Free", "Fits", "Realized")
+COLUMNS = ("Stage", "Host", "Planned", "Weights", "Needs", "Free", "Fits", "Cached", "Realized")
 
 
 class LayersPane(Vertical):
@@ -61,9 +62,11 @@ class LayersPane(Vertical):
         realized: Sequence[int] | None = None,
         advice: str = "",
         draft: ModelInfo | None = None,
+        coverage: CacheCoverage | None = None,
     ) -> None:
         """Redraw everything from the model, the plan, each stage's free memory, and realized;
-        `advice` says whether the model needs sharding at all."""
+        `advice` says whether the model needs sharding at all; `coverage`, how much of each
+        worker's range its tensor cache holds (a load sends the rest over its link)."""
         line = self.query_one("#advice", Static)
         line.update(advice)
         line.display = bool(advice)
@@ -112,6 +115,7 @@ class LayersPane(Vertical):
                 needs_text,
                 "?" if have is None else human_bytes(have),
                 verdict[fits],
+                cached_text(coverage, plan, index),
                 real,
                 key=str(index),
             )
@@ -138,6 +142,17 @@ class LayersPane(Vertical):
         swapped = plan.swap_workers(worker, other)
         layer_map.set_plan(swapped)
         layer_map.post_message(LayerMap.Changed(layer_map, swapped))
+
+
+def cached_text(coverage: CacheCoverage | None, plan: LayerPlan, stage: int) -> Text:
+    """The share of a worker's range in its tensor cache ("-": the coordinator reads the
+    model file; "?": unknown, a local worker or one Quorum did not start)."""
+    if stage == 0:
+        return Text("-", style="dim")
+    share = coverage.share(plan, stage) if coverage is not None else None
+    if share is None:
+        return Text("?", style="dim")
+    return Text(f"{share:.0%}", style="green" if share >= 0.999 else "")
 
 
 def short_bytes(n: int) -> str:
