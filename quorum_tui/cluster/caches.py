@@ -29,7 +29,8 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class Source:
     """Where a host's fill reads the tensors: `dir` (its own copy of the model's files), `url`
-    (range requests; `{file}` stands for each file's name) or `stream` (the coordinator)."""
+    (range requests; `{file}` stands for each file's name), `stream` (the coordinator) or
+    `none` (only check and record what is there)."""
 
     kind: str
     where: str = ""
@@ -40,7 +41,7 @@ class Source:
             return {"kind": "dir", "dir": self.where}
         if self.kind == "url":
             return {"kind": "url", "url": self.where, "headers": dict(self.headers)}
-        return {"kind": "stream"}
+        return {"kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class FillResult:
     model: str
     tensors: int
     present: int
+    present_bytes: int
+    """Bytes of the tensors that were in the cache before the fill."""
     written: int
     bytes: int
     evicted: int

@@ -214,6 +214,8 @@ def _source(spec: dict[str, Any], stream: BinaryIO) -> _Source:
         return _UrlSource(spec["url"], dict(spec.get("headers") or {}))
     if kind == "stream":
         return _StreamSource(stream)
+    if kind == "none":
+        raise CacheError("nothing to read the lacking tensors from")
     raise CacheError(f"unknown source {kind!r}")
 
 
@@ -233,6 +235,7 @@ def fill(cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit) -> d
     tensors = request["tensors"]
     with _locked(cache) as index:
         _adopt(index, model, tensors)
+        _prune(cache, tensors)
         if "send" in request:
             order = {name: i for i, name in enumerate(request["send"])}
             lacking = sorted(
@@ -242,8 +245,9 @@ def fill(cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit) -> d
             lacking = missing(cache, request)
         need = sum(t["size"] for t in lacking)
         result = {"model": model, "tensors": len(tensors), "present": len(tensors) - len(lacking),
+                  "present_bytes": sum(t["size"] for t in tensors) - need,
                   "written": 0, "bytes": 0, "evicted": 0, "source": ""}  # fmt: skip
-        if not lacking:
+        if not lacking or request["source"].get("kind") == "none":
             return result
         result["evicted"] = _make_room(
             cache, index, model, need, limit, {t["fnv"] for t in tensors}
@@ -262,6 +266,16 @@ def fill(cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit) -> d
             emit({"event": "progress", "done": result["bytes"], "total": need,
                   "seconds": time.monotonic() - started})  # fmt: skip
         return result
+
+
+def _prune(cache: str, tensors: list[dict[str, Any]]) -> None:
+    """Remove files of these tensors whose size is not the tensor's: cut short (llama.cpp
+    writes its own cache files in place), they would load as wrong weights."""
+    present = _entries(cache)
+    for t in tensors:
+        size = present.get(t["fnv"])
+        if size is not None and size != t["size"]:
+            os.remove(os.path.join(cache, t["fnv"]))
 
 
 def _adopt(index: dict[str, Any], model: str, tensors: list[dict[str, Any]]) -> None:

@@ -27,7 +27,7 @@ from quorum_tui.deploy.pool import WorkerPool
 from quorum_tui.engine.gguf_info import ModelInfo
 from quorum_tui.engine.plan import LayerPlan, WorkerRef
 from quorum_tui.engine.settings import EngineSettings
-from quorum_tui.engine.weights import CachedTensor, WeightsManifest, manifest
+from quorum_tui.engine.weights import CachedTensor, WeightsManifest, known_manifest, manifest
 from quorum_tui.errors import QuorumError
 from quorum_tui.logs import logged
 from quorum_tui.models.cache import source_url
@@ -126,18 +126,22 @@ class WeightsKeeper:
         return found
 
     async def before_load(self, path: Path, plan: LayerPlan) -> None:
-        """Fill each host's cache for its stage of `plan` from the host's own sources."""
+        """Fill each host's cache for its stage of `plan` from the host's own sources; a host
+        without any loses the cut-short files of its stage (llama.cpp pushes them again)."""
         await self.stop_staging()
         hosts = [(h, self._home_sources(h, path)) for h in self.hosts(plan.workers)]
-        hosts = [(h, sources) for h, sources in hosts if sources]
         if not hosts:
             return
-        weights = await asyncio.to_thread(manifest, path)
+        with_sources = any(sources for _, sources in hosts)
+        weights = await asyncio.to_thread(manifest if with_sources else known_manifest, path)
+        if weights is None:
+            return
         jobs = []
         for host, sources in hosts:
             tensors = weights.for_stage(plan, plan.workers.index(host.ref) + 1)
             if tensors:
-                jobs.append(self._fill(host, weights, tensors, sources, "load", path))
+                chosen = sources or [Source("none")]
+                jobs.append(self._fill(host, weights, tensors, chosen, "load", path))
         await asyncio.gather(*jobs)
 
     def stage(
@@ -218,6 +222,7 @@ class WeightsKeeper:
                 notes.append(str(exc))
                 continue
             written, used = result.bytes, result.source if result.written else ""
+            cached = result.present_bytes + result.bytes
             break
         else:
             cached = 0

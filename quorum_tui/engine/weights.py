@@ -133,15 +133,27 @@ def known_manifests() -> list[WeightsManifest]:
     return found
 
 
-def manifest(path: Path) -> WeightsManifest:
-    """The manifest of the model at `path` (its first part, for a split model), computed on
-    first use and kept under the cache dir for as long as the files are unchanged."""
-    files = split_parts(path)
+def _kept(files: list[Path]) -> Path:
     stats = [f.stat() for f in files]
     key = "|".join(
         f"{f.resolve()}:{s.st_size}:{s.st_mtime_ns}" for f, s in zip(files, stats, strict=True)
     )
-    kept = _kept_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return _kept_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def known_manifest(path: Path) -> WeightsManifest | None:
+    """The manifest of the model at `path` if it was computed before (nothing is hashed)."""
+    try:
+        return WeightsManifest.from_json(json.loads(_kept(split_parts(path)).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def manifest(path: Path) -> WeightsManifest:
+    """The manifest of the model at `path` (its first part, for a split model), computed on
+    first use and kept under the cache dir for as long as the files are unchanged."""
+    files = split_parts(path)
+    kept = _kept(files)
     try:
         return WeightsManifest.from_json(json.loads(kept.read_text()))
     except (OSError, ValueError, KeyError, TypeError):

@@ -182,6 +182,7 @@ def test_a_fill_from_a_dir_writes_each_tensor_under_its_fnv_name_and_indexes_it(
         "model": "a.gguf",
         "tensors": 3,
         "present": 0,
+        "present_bytes": 0,
         "written": 3,
         "bytes": total,
         "evicted": 0,
@@ -651,7 +652,7 @@ async def test_the_client_fills_from_a_dir_and_reports_progress(model_a: Fake, c
     await asyncio.sleep(0)
 
     total = sum(t.size for t in model_a.tensors)
-    assert result == FillResult("a.gguf", 3, 0, 3, total, 0, str(model_a.folder))
+    assert result == FillResult("a.gguf", 3, 0, 0, 3, total, 0, str(model_a.folder))
     assert seen == [(KB, total), (3 * KB, total), (total, total)]
     assert cached(cache) == model_a.files()
 
@@ -956,6 +957,7 @@ def test_the_command_fills_missing_verifies_lists_and_clears(model_a: Fake, cach
         "model": "a.gguf",
         "tensors": 3,
         "present": 0,
+        "present_bytes": 0,
         "written": 3,
         "bytes": 4 * KB + 7,
         "evicted": 0,
@@ -1068,3 +1070,17 @@ def test_the_command_needs_only_the_standard_library(tmp_path: Path) -> None:
         "quorum_tui.cluster",
         "quorum_tui.cluster.hostcache",
     ]
+
+
+def test_a_cut_short_file_is_removed_even_with_nothing_to_refill_it(
+    model_a: Fake, cache: Path
+) -> None:
+    """llama.cpp writes its own cache files in place: one cut short would load as wrong
+    weights, so a fill drops it even when it has no source (llama.cpp pushes it again)."""
+    fill(cache, request(model_a))
+    short = cache / model_a.tensors[0].fnv
+    short.write_bytes(short.read_bytes()[:-1])
+    result, _ = fill(cache, request(model_a, source=Source("none")))
+    assert not short.exists()
+    assert result["present"] == 2 and result["written"] == 0
+    assert result["present_bytes"] == sum(t.size for t in model_a.tensors[1:])
