@@ -88,15 +88,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return asdict(await cache.verify(manifests))
 
     results = asyncio.run(_each(args, one))
+    bad_total = sum(len(r.get("bad", ())) for r in results.values())
+    status = 1 if bad_total or _status(results) else 0
     if args.json:
         print(json.dumps(results, indent=2))
-        return _status(results)
-    bad_total = 0
+        return status
     for name, found in results.items():
         if "error" in found:
             print(f"{name}: {found['error']}")
             continue
-        bad_total += len(found["bad"])
         line = f"{name}: {found['checked']} files ({human_bytes(found['bytes'])}) checked"
         line += f", {len(found['bad'])} bad and removed" if found["bad"] else ", all good"
         if found["unknown"]:
@@ -107,7 +107,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(line)
         for bad in found["bad"]:
             print(f"  removed {bad}: its bytes are not the tensor it is named for")
-    return 1 if bad_total or _status(results) else 0
+    return status
 
 
 def cmd_clear(args: argparse.Namespace) -> int:

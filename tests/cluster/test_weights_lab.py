@@ -5,6 +5,7 @@ connection when it has no copy), and the failover then sends none of its large t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from quorum_tui.engine.ggufheader import read_header
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.weights import HASH_THRESHOLD, manifest
 from quorum_tui.lab.sshlab import SshLab
+from tests.cluster.helpers import quorum
 
 SHAPE = {"n_layers": 2, "n_embd": 1024, "n_ff": 4096, "n_head": 8, "n_head_kv": 2, "n_vocab": 512}
 
@@ -55,8 +57,10 @@ async def test_home_loads_and_staged_failover_send_no_large_tensor(
             prepared = await deployment.prepare(str(model), PlanRequest((0, 1, 1)))
             base = await deployment.start(prepared)
             weights = manifest(model)
-            [loaded] = [e for e in seen if isinstance(e, WeightsPlaced) and e.purpose == "load"]
-            assert loaded.worker.name == "second" and loaded.source == str(shelf)
+            placed = {e.worker.name: e for e in seen if isinstance(e, WeightsPlaced)}
+            assert placed["first"].cached == placed["first"].written == 0, "no copy: pushed"
+            loaded = placed["second"]
+            assert loaded.purpose == "load" and loaded.source == str(shelf)
             assert loaded.written == loaded.cached == loaded.total
             assert loaded.total == sum(t.size for t in weights.for_stage(prepared.plan, 2))
             before = await answer(http, base)
@@ -79,5 +83,22 @@ async def test_home_loads_and_staged_failover_send_no_large_tensor(
             assert failover.plan.summary() == "coordinator -, first 0-1+out"
             failover_bytes = link_bytes(lab) - sent
             assert failover_bytes < small + (4 << 20), (failover_bytes, small)
+
+        cache = tmp_path / "second-cache" / "rpc-cache"
+        victim = next(p for p in sorted(cache.iterdir()) if len(p.name) == 16)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 1
+        victim.write_bytes(data)
+        done = quorum("cache", "verify", "--config", str(path), "second", "--json")
+        assert done.returncode == 1, "a bad file found is a failure to report"
+        assert json.loads(done.stdout)["second"]["bad"] == [victim.name]
+        assert not victim.exists()
+        listed = json.loads(quorum("cache", "list", "--config", str(path), "--json").stdout)
+        assert [m["model"] for m in listed["second"]["models"]] == [model.name]
+        assert listed["first"]["models"][0]["files"] == len(weights.tensors)
+        done = quorum("cache", "clear", "--config", str(path), "first", "--model", model.name)
+        assert done.returncode == 0 and f"removed {len(weights.tensors)} files" in done.stdout
+        assert not [p for p in (tmp_path / "first-cache" / "rpc-cache").iterdir()
+                    if len(p.name) == 16]  # fmt: skip
     finally:
         await down(load_inventory(path))
