@@ -44,6 +44,10 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--transport", choices=TRANSPORTS)
     p.add_argument("--threads", type=int)
     p.add_argument("--rpc-server", help="use this rpc-server binary on the host")
+    p.add_argument(
+        "--models-dir", help="copies of models on the host: its worker loads its layers from them"
+    )
+    p.add_argument("--cache-gib", type=float, help="the most its worker's tensor cache may hold")
     p.set_defaults(func=cmd_add)
 
     p = hosts_sub.add_parser("remove", help="remove a host from the cluster file")
@@ -113,7 +117,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     values = {
         key: getattr(args, key)
-        for key in ("user", "port", "identity_file", "rpc_port", "transport", "threads")
+        for key in (
+            "user",
+            "port",
+            "identity_file",
+            "rpc_port",
+            "transport",
+            "threads",
+            "models_dir",
+            "cache_gib",
+        )
         if getattr(args, key) is not None
     }
     if args.rpc_server:
