@@ -12,6 +12,7 @@ BENCHES: tuple[str, ...] = (
     "failover",
     "chaos",
     "scale",
+    "load",
     "plan",
     "download",
     "tunnel",

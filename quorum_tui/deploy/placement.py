@@ -179,12 +179,14 @@ class WeightsKeeper:
                 return
             weights = await asyncio.to_thread(manifest, path)
             wanted = staging_sets(weights, info, plan, free, settings, draft)
+            jobs = []
             for host in hosts:
-                tensors = wanted.get(host.ref, ())
-                if not tensors:
-                    continue
-                sources = [*self._home_sources(host, path), Source("stream")]
-                await self._fill(host, weights, tensors, sources, "staging", path)
+                if wanted.get(host.ref):
+                    sources = [*self._home_sources(host, path), Source("stream")]
+                    jobs.append(
+                        self._fill(host, weights, wanted[host.ref], sources, "staging", path)
+                    )
+            await asyncio.gather(*jobs)
         finally:
             self.staged.set()
 

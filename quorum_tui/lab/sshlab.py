@@ -510,11 +510,14 @@ def temporary_lab(
     delay_ms: float = 0.0,
     rate_mbit: float | None = None,
     mem_bytes: int | None = None,
+    own_caches: bool = False,
 ) -> Iterator[tuple[SshLab, list[LabHost]]]:
     """`count` lab hosts for a benchmark (links shaped and memory capped as `SshLab` says),
     torn down afterwards.
 
-    The hosts start with nothing installed: each bring-up ships them the runtime.
+    The hosts start with nothing installed: each bring-up ships them the runtime. They share
+    one QUORUM_CACHE_DIR unless `own_caches` gives each its own (`host.env` names it), as
+    separate machines would have: then each has its own tensor cache and its own runtime.
     """
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         lab = SshLab(
@@ -525,7 +528,9 @@ def temporary_lab(
             mem_bytes=mem_bytes,
         )
         try:
-            hosts = [lab.add(f"lab{i + 1}") for i in range(count)]
+            names = [f"lab{i + 1}" for i in range(count)]
+            own = {n: {"QUORUM_CACHE_DIR": str(Path(tmp) / f"cache-{n}")} for n in names}
+            hosts = [lab.add(n, env=own[n] if own_caches else None) for n in names]
             yield lab, hosts
         finally:
             lab.close()

@@ -78,3 +78,26 @@ def test_bench_scale_runs_a_model_no_capped_host_can_hold() -> None:
     if failover["outcome"] != "completed":
         assert "cannot hold the model" in failover["reason"]
     assert result["oom_kills"] == 0
+
+
+def test_bench_load_compares_pushed_and_home_loads_and_both_failovers() -> None:
+    result = bench("load", "--layers", "2", "--rate-mbit", "400", "-n", "32")
+    assert result["hosts"] == 2 and result["layers"] == 2 and result["rate_mbit"] == 400.0
+    for key in ("pushed_load_s", "home_load_s", "home_fill_s", "reload_s", "staging_s"):
+        assert result[key] > 0, key  # type: ignore[operator]
+    model, pushed, home = result["model_bytes"], result["pushed_bytes"], result["home_bytes"]
+    assert isinstance(model, int) and isinstance(pushed, int) and isinstance(home, int)
+    assert model > 300_000_000 and pushed > 0.9 * model
+    assert home < pushed / 3, (home, pushed)
+    assert result["home_ratio"] == result["home_load_s"] / result["pushed_load_s"]  # type: ignore[operator]
+    staged = result["staged"]
+    assert isinstance(staged, dict) and staged["lab1"]["cached"] == staged["lab1"]["total"] > 0
+    failover, pause = result["failover"], result["failover_pause_s"]
+    assert isinstance(failover, dict) and isinstance(pause, dict)
+    assert set(failover) == set(pause) == {"staged", "unstaged"}
+    for kind, outcome in failover.items():
+        assert outcome["outcome"] == "completed", (kind, outcome)
+        assert outcome["victim"] == "lab2", outcome
+        assert outcome["plan_after"] == "coordinator -, lab1 0-1+out", outcome
+        assert pause[kind] == outcome["pause_s"] > 0
+    assert failover["staged"]["bytes"] < failover["unstaged"]["bytes"] / 3, failover
