@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quorum_tui.cluster.caches import HostCache, Source
+from quorum_tui.cluster.events import HostFailure
 from quorum_tui.cluster.inventory import HostConfig
 from quorum_tui.deploy.failover import survivor_plan
 from quorum_tui.deploy.pool import WorkerPool
@@ -177,18 +178,29 @@ class WeightsKeeper:
             hosts = self.hosts(plan.workers)
             if not hosts:
                 return
-            weights = await asyncio.to_thread(manifest, path)
-            wanted = staging_sets(weights, info, plan, free, settings, draft)
-            jobs = []
-            for host in hosts:
-                if wanted.get(host.ref):
-                    sources = [*self._home_sources(host, path), Source("stream")]
-                    jobs.append(
-                        self._fill(host, weights, wanted[host.ref], sources, "staging", path)
-                    )
-            await asyncio.gather(*jobs)
+            with logged(log, "staging the layers a failover would move"):
+                await self._stage_on(hosts, path, info, plan, free, settings, draft)
         finally:
             self.staged.set()
+
+    async def _stage_on(
+        self,
+        hosts: list[_Host],
+        path: Path,
+        info: ModelInfo,
+        plan: LayerPlan,
+        free: list[int | None],
+        settings: EngineSettings,
+        draft: ModelInfo | None,
+    ) -> None:
+        weights = await asyncio.to_thread(manifest, path)
+        wanted = staging_sets(weights, info, plan, free, settings, draft)
+        jobs = []
+        for host in hosts:
+            if wanted.get(host.ref):
+                sources = [*self._home_sources(host, path), Source("stream")]
+                jobs.append(self._fill(host, weights, wanted[host.ref], sources, "staging", path))
+        await asyncio.gather(*jobs)
 
     def _home_sources(self, host: _Host, path: Path) -> list[Source]:
         sources = []
@@ -220,8 +232,10 @@ class WeightsKeeper:
                 result = await host.cache.fill(
                     weights, tensors, source, host.limit, read_here=path.parent
                 )
-            except QuorumError as exc:
-                notes.append(str(exc))
+            except (QuorumError, HostFailure) as exc:
+                notes.append(
+                    str(exc) if isinstance(exc, QuorumError) else f"{host.ref.name}: {exc}"
+                )
                 continue
             written, used = result.bytes, result.source if result.written else ""
             cached = result.present_bytes + result.bytes
@@ -258,20 +272,6 @@ class WeightsKeeper:
                     sum(t.size for t in group if t.fnv not in lacking) for group in groups
                 )
         return CacheCoverage(totals, held)
-
-    async def coverage(self, path: Path, plan: LayerPlan) -> dict[str, tuple[int, int]]:
-        """Per managed worker: bytes of its stage's large tensors cached, and their total."""
-        hosts = self.hosts(plan.workers)
-        if not hosts:
-            return {}
-        weights = await asyncio.to_thread(manifest, path)
-        found: dict[str, tuple[int, int]] = {}
-        for host in hosts:
-            tensors = weights.for_stage(plan, plan.workers.index(host.ref) + 1)
-            lacking = await host.cache.missing(weights, tensors)
-            total = sum(t.size for t in tensors)
-            found[host.ref.name] = (total - sum(t.size for t in lacking), total)
-        return found
 
 
 def staging_sets(
