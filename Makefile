@@ -92,11 +92,11 @@ $(VENV)/.llama-rpc: | $(PY)
 	@touch $@
 
 # `pip install -e .` also compiles quorum_tui/engine/_fnv.c, the tensor cache's hash.
-$(VENV)/.installed: pyproject.toml quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
+$(VENV)/.installed: pyproject.toml setup.py quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
 	$(PIP) install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
+$(VENV)/.installed-test: pyproject.toml setup.py quorum_tui/engine/_fnv.c $(VENV)/.llama-rpc
 	$(PIP) install --quiet -e '.[test]'
 	@touch $@ $(VENV)/.installed
 
