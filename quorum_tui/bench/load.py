@@ -37,23 +37,19 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from quorum_tui import paths
-from quorum_tui.bench.scale import PROMPT, link_bytes
+from quorum_tui.bench.scale import kill_mid_reply, link_bytes
 from quorum_tui.cluster.bringup import BringUpOptions
 from quorum_tui.cluster.caches import HostCache
 from quorum_tui.deploy.deployment import Deployment, Prepared, Target
 from quorum_tui.deploy.events import DeployEvent, FailedOver
 from quorum_tui.deploy.placement import WeightsPlaced
 from quorum_tui.deploy.plans import PlanRequest
-from quorum_tui.engine.completion import CompletionRequest, Piece
 from quorum_tui.engine.settings import EngineSettings
 from quorum_tui.engine.synthetic import SyntheticSpec, synthetic_model
 from quorum_tui.errors import QuorumError
@@ -207,7 +203,7 @@ async def run(
         prepared = await deployment.prepare(str(path), split)
         result["plan"] = prepared.plan.summary()
         result["pushed_load_s"], result["pushed_bytes"] = await first.start(prepared)
-        failover["unstaged"] = await kill_mid_reply(first, victim, args.tokens)
+        failover["unstaged"] = await fail_over_mid_reply(first, victim, args.tokens)
 
     await clear_caches(hosts)
     second = Run(lab, home, stage=False)
@@ -233,7 +229,7 @@ async def run(
             e.worker.name: {"cached": e.cached, "total": e.total, "source": e.source}
             for e in third.placed("staging")
         }
-        failover["staged"] = await kill_mid_reply(third, victim, args.tokens)
+        failover["staged"] = await fail_over_mid_reply(third, victim, args.tokens)
 
     result["home_ratio"] = result["home_load_s"] / result["pushed_load_s"]
     result["failover_pause_s"] = {kind: f["pause_s"] for kind, f in failover.items()}
@@ -248,37 +244,14 @@ def came_back(deployment: Deployment, name: str) -> str:
     return "reused a restarted worker" if host.reused else "started again by the bring-up"
 
 
-async def kill_mid_reply(run: Run, victim: str, tokens: int) -> dict[str, Any]:
-    """Kill `victim`'s worker mid-reply: did the reply complete, how long did the client wait
-    for its next token, and how long did the failover take?"""
-    deployment = run.deployment
-    host = next(r for r in deployment.pool.host_results() if r.host.name == victim)
-    assert host.pid is not None
-    children = subprocess.run(["pgrep", "-P", str(host.pid)], capture_output=True, text=True)
-    request = CompletionRequest(PROMPT, tokens, extra={"ignore_eos": True})
-    pieces, last, pause, killed = 0, time.monotonic(), 0.0, False
-    outcome, reason, sent = "completed", "", link_bytes(run.lab)
-    try:
-        async for item in deployment.generate(request):
-            if not isinstance(item, Piece):
-                continue
-            now = time.monotonic()
-            if killed:
-                pause = max(pause, now - last)
-            last, pieces = now, pieces + 1
-            if pieces == KILL_AT and not killed:
-                for pid in children.stdout.split():
-                    os.kill(int(pid), signal.SIGKILL)
-                killed = True
-    except QuorumError as exc:
-        outcome, reason = "ended with the error", str(exc)
+async def fail_over_mid_reply(run: Run, victim: str, tokens: int) -> dict[str, Any]:
+    """Kill `victim`'s worker mid-reply (bench.scale's way), with the bytes sent over the
+    links during the reply, the plan after the failover and how long it took."""
+    sent = link_bytes(run.lab)
+    result = await kill_mid_reply(run.deployment, victim, tokens, KILL_AT)
     moved = [e for e in run.seen if isinstance(e, FailedOver)]
     return {
-        "outcome": outcome,
-        "pause_s": pause,
-        "reason": reason,
-        "victim": victim,
-        "tokens": pieces,
+        **result,
         "bytes": link_bytes(run.lab) - sent,
         "plan_after": moved[-1].plan.summary() if moved else "",
         "failover_s": moved[-1].seconds if moved else None,

@@ -158,13 +158,20 @@ async def run(args: argparse.Namespace, lab: SshLab, path: Path, info: Any) -> d
 
 
 async def fail_over(deployment: Deployment, plan: Any) -> dict[str, Any]:
-    """Kill the worker of the plan's busiest host mid-reply: did the reply complete, and how
-    long did the client wait for its next token?"""
+    """Kill the worker of the plan's busiest host mid-reply (see `kill_mid_reply`)."""
     victim = max(plan.workers, key=lambda w: plan.counts[plan.workers.index(w) + 1])
-    host = next(r for r in deployment.pool.host_results() if r.host.name == victim.name)
+    return await kill_mid_reply(deployment, victim.name, 96)
+
+
+async def kill_mid_reply(
+    deployment: Deployment, victim: str, tokens: int, kill_at: int = 8
+) -> dict[str, Any]:
+    """Kill `victim`'s worker after `kill_at` tokens of a `tokens`-token reply: did the reply
+    complete, and how long did the client wait for its next token?"""
+    host = next(r for r in deployment.pool.host_results() if r.host.name == victim)
     assert host.pid is not None
     children = subprocess.run(["pgrep", "-P", str(host.pid)], capture_output=True, text=True)
-    request = CompletionRequest(PROMPT, 96, extra={"ignore_eos": True})
+    request = CompletionRequest(PROMPT, tokens, extra={"ignore_eos": True})
     pieces, last, pause, killed = 0, time.monotonic(), 0.0, False
     try:
         async for item in deployment.generate(request):
@@ -174,12 +181,12 @@ async def fail_over(deployment: Deployment, plan: Any) -> dict[str, Any]:
             if killed:
                 pause = max(pause, now - last)
             last, pieces = now, pieces + 1
-            if pieces == 8 and not killed:
+            if pieces == kill_at and not killed:
                 for pid in children.stdout.split():
                     os.kill(int(pid), signal.SIGKILL)
                 killed = True
     except QuorumError as exc:
         return {"outcome": "ended with the error", "pause_s": pause, "reason": str(exc),
-                "victim": victim.name, "tokens": pieces}  # fmt: skip
-    return {"outcome": "completed", "pause_s": pause, "reason": "", "victim": victim.name,
+                "victim": victim, "tokens": pieces}  # fmt: skip
+    return {"outcome": "completed", "pause_s": pause, "reason": "", "victim": victim,
             "tokens": pieces}  # fmt: skip

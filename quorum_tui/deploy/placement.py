@@ -179,28 +179,18 @@ class WeightsKeeper:
             if not hosts:
                 return
             with logged(log, "staging the layers a failover would move"):
-                await self._stage_on(hosts, path, info, plan, free, settings, draft)
+                weights = await asyncio.to_thread(manifest, path)
+                wanted = staging_sets(weights, info, plan, free, settings, draft)
+                sources = {h.ref: [*self._home_sources(h, path), Source("stream")] for h in hosts}
+                await asyncio.gather(
+                    *(
+                        self._fill(h, weights, wanted[h.ref], sources[h.ref], "staging", path)
+                        for h in hosts
+                        if wanted.get(h.ref)
+                    )
+                )
         finally:
             self.staged.set()
-
-    async def _stage_on(
-        self,
-        hosts: list[_Host],
-        path: Path,
-        info: ModelInfo,
-        plan: LayerPlan,
-        free: list[int | None],
-        settings: EngineSettings,
-        draft: ModelInfo | None,
-    ) -> None:
-        weights = await asyncio.to_thread(manifest, path)
-        wanted = staging_sets(weights, info, plan, free, settings, draft)
-        jobs = []
-        for host in hosts:
-            if wanted.get(host.ref):
-                sources = [*self._home_sources(host, path), Source("stream")]
-                jobs.append(self._fill(host, weights, wanted[host.ref], sources, "staging", path))
-        await asyncio.gather(*jobs)
 
     def _home_sources(self, host: _Host, path: Path) -> list[Source]:
         sources = []

@@ -213,7 +213,7 @@ class SshLab:
         number = next(_LABS)
         self.prefix = f"qt{tag}x{number}"
         self.bridge = f"qbr{tag}x{number}"
-        self.subnet = f"10.{200 + os.getpid() % 50}.{(os.getpid() // 50 + number) % 250}"
+        self.subnet = _free_subnet(os.getpid(), number)
         self.netns_mode = IS_ROOT
         if IS_ROOT:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -500,6 +500,17 @@ def forward_frames(delay_s: float, ends: tuple[str, str] = ("lan", "host")) -> N
                     frame, (_, _, kind, *_) = sock.recvfrom(FRAME_MAX)
                     if kind != socket.PACKET_OUTGOING:
                         onward.append((now + delay_s, frame))
+
+
+def _free_subnet(pid: int, number: int) -> str:
+    """A 10.x.y subnet for the lab's bridge that no interface here uses (a lab another
+    process left behind keeps its addresses)."""
+    taken = sh("ip", "-o", "-4", "addr", "show", check=False).stdout if IS_ROOT else ""
+    for step in range(250):
+        subnet = f"10.{200 + pid % 50}.{(pid // 50 + number + step) % 250}"
+        if f" {subnet}." not in taken:
+            return subnet
+    raise QuorumError("no free 10.x.y subnet for a lab: remove the labs left behind (ip netns)")
 
 
 @contextlib.contextmanager
