@@ -40,6 +40,8 @@ CHUNK = 8 << 20
 RESERVE = 256 << 20
 """Disk space a fill leaves free."""
 NAME = re.compile(r"^[0-9a-f]{16}$")
+URL_TIMEOUT = 15.0
+"""Seconds a URL source may stay silent (a host that cannot reach it gives up soon)."""
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -165,7 +167,7 @@ class _UrlSource(_Source):
         headers = {**self.headers, "Range": f"bytes={first}-{first + size - 1}"}
         request = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
+            with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as reply:
                 if reply.status != 206:
                     raise CacheError(f"{self.label} does not answer range requests")
                 left = size

@@ -114,7 +114,7 @@ class WeightsKeeper:
         self.emit = emit
         self._staging: asyncio.Task[None] | None = None
         self.staged = asyncio.Event()
-        """Set when the last staging finished (or found nothing to do)."""
+        """Set when the last staging finished, found nothing to do or was stopped."""
 
     def hosts(self, workers: Sequence[WorkerRef]) -> list[_Host]:
         """The workers whose caches Quorum manages: Quorum's own workers on SSH hosts."""
@@ -164,6 +164,7 @@ class WeightsKeeper:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        self.staged.set()
 
     async def _stage(
         self,
