@@ -213,3 +213,31 @@ async def test_the_real_model_s_30_layers(real_model_file: Path) -> None:
         assert app.plan.counts == (0, 20, 10)
         rows = app.query_one("#stages", DataTable)
         assert [str(rows.get_row_at(i)[2]) for i in range(3)] == ["-", "0-19", "20-29+out"]
+
+
+async def test_the_cached_column_follows_the_plan(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quorum_tui.deploy.deployment import Deployment
+    from quorum_tui.deploy.placement import CacheCoverage
+
+    asked: list[list[str]] = []
+
+    async def coverage(self: Deployment, info: object, workers: list) -> CacheCoverage:  # type: ignore[type-arg]
+        asked.append([w.name for w in workers])
+        return CacheCoverage((10,) * 6, {workers[0].endpoint: (10, 10, 5, 0, 0, 0)})
+
+    monkeypatch.setattr(Deployment, "cache_coverage", coverage)
+    app = QuorumApp(fixed_setup(tiny_model))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_layers(pilot, app)
+        table = app.query_one("#stages", DataTable)
+
+        def cached() -> list[str]:
+            return [str(table.get_cell(key, "Cached")) for key in table.rows]
+
+        await wait_until(pilot, lambda: cached() == ["-", "83%", "?"])
+        assert asked and asked[-1] == [w.name for w in app.worker_refs]
+        await pilot.press("right")
+        assert app.plan is not None and app.plan.counts == (1, 2, 2)
+        assert cached() == ["-", "75%", "?"], "recomputed for the new range, not asked again"
