@@ -109,6 +109,8 @@ class HostCache:
         payload: Callable[[], AsyncIterator[bytes]] | None,
         progress: Progress | None,
     ) -> dict[str, Any]:
+        """The command in this process; a stream's bytes are gathered first (a cache here is
+        never far from the model, so only tests stream to one)."""
         assert self.local is not None
         cache = str(self.local)
         stream = io.BytesIO(b"".join([b async for b in payload()]) if payload else b"")
@@ -118,19 +120,8 @@ class HostCache:
             if progress is not None and event.get("event") == "progress":
                 loop.call_soon_threadsafe(progress, event["done"], event["total"])
 
-        def work() -> dict[str, Any]:
-            if command == "fill":
-                return hostcache.fill(cache, request, stream, emit)
-            if command == "missing":
-                return {"missing": [t["fnv"] for t in hostcache.missing(cache, request)]}
-            if command == "verify":
-                return hostcache.verify(cache, request, emit)
-            if command == "list":
-                return hostcache.listing(cache)
-            return hostcache.clear(cache, request)
-
         try:
-            return await asyncio.to_thread(work)
+            return await asyncio.to_thread(hostcache.run, command, cache, request, stream, emit)
         except hostcache.CacheError as exc:
             raise QuorumError(f"{self.name}: {exc}") from None
         except (ValueError, KeyError, OSError) as exc:

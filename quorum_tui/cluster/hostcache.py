@@ -143,15 +143,10 @@ class _DirSource(_Source):
             raise CacheError(f"{path}'s GGUF header differs from the coordinator's model")
 
     def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
-        with open(self.path(tensor["file"]), "rb") as f:
+        path = self.path(tensor["file"])
+        with open(path, "rb") as f:
             f.seek(tensor["offset"])
-            left = tensor["size"]
-            while left:
-                block = f.read(min(CHUNK, left))
-                if not block:
-                    raise CacheError(f"{self.path(tensor['file'])} ended inside {tensor['name']}")
-                left -= len(block)
-                yield block
+            yield from _blocks(f, tensor["size"], f"{path} ended inside {tensor['name']}")
 
 
 class _UrlSource(_Source):
@@ -170,13 +165,7 @@ class _UrlSource(_Source):
             with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as reply:
                 if reply.status != 206:
                     raise CacheError(f"{self.label} does not answer range requests")
-                left = size
-                while left:
-                    block = reply.read(min(CHUNK, left))
-                    if not block:
-                        raise CacheError(f"{self.label} ended its reply early")
-                    left -= len(block)
-                    yield block
+                yield from _blocks(reply, size, f"{self.label} ended its reply early")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise CacheError(f"cannot read {self.label}: {reason}") from None
@@ -199,13 +188,19 @@ class _StreamSource(_Source):
         self.stream = stream
 
     def read(self, tensor: dict[str, Any]) -> Iterator[bytes]:
-        left = tensor["size"]
-        while left:
-            block = self.stream.read(min(CHUNK, left))
-            if not block:
-                raise CacheError(f"the coordinator's stream ended inside {tensor['name']}")
-            left -= len(block)
-            yield block
+        short = f"the coordinator's stream ended inside {tensor['name']}"
+        return _blocks(self.stream, tensor["size"], short)
+
+
+def _blocks(reader: Any, size: int, short: str) -> Iterator[bytes]:
+    """`size` bytes from `reader` in chunks; CacheError(`short`) if it ends first."""
+    left = size
+    while left:
+        block = reader.read(min(CHUNK, left))
+        if not block:
+            raise CacheError(short)
+        left -= len(block)
+        yield block
 
 
 def _source(spec: dict[str, Any], stream: BinaryIO) -> _Source:
@@ -474,6 +469,21 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def run(
+    command: str, cache: str, request: dict[str, Any], stream: BinaryIO, emit: Emit
+) -> dict[str, Any]:
+    """One command's answer (what `done` carries)."""
+    if command == "fill":
+        return fill(cache, request, stream, emit)
+    if command == "missing":
+        return {"missing": [t["fnv"] for t in missing(cache, request)]}
+    if command == "verify":
+        return verify(cache, request, emit)
+    if command == "list":
+        return listing(cache)
+    return clear(cache, request)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="quorum-hostcache")
     p.add_argument("command", choices=("fill", "missing", "verify", "list", "clear"))
@@ -488,17 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
 
     try:
-        request = json.loads(line or b"{}")
-        if args.command == "fill":
-            result = fill(args.cache, request, stdin, emit)
-        elif args.command == "missing":
-            result = {"missing": [t["fnv"] for t in missing(args.cache, request)]}
-        elif args.command == "verify":
-            result = verify(args.cache, request, emit)
-        elif args.command == "list":
-            result = listing(args.cache)
-        else:
-            result = clear(args.cache, request)
+        result = run(args.command, args.cache, json.loads(line or b"{}"), stdin, emit)
     except CacheError as exc:
         emit({"event": "error", "message": str(exc)})
         return 1
